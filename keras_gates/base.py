@@ -376,33 +376,32 @@ class GatedRNN(keras.layers.RNN):
         if training:
             self.cell.get_dropout_mask(sequences[:, 0, :])
             self.cell.get_recurrent_dropout_mask(initial_state[0])
-        plain_loop = super().inner_loop
-        if training or not fused.supports(self):
-            return plain_loop(sequences, initial_state, mask, training=training)
-        # The fast path (keras_gates/fused.py) runs the same equations with
-        # the input projection hoisted out of the loop. It wins where per-op
-        # overhead dominates, small-batch inference (serving), and loses
-        # beyond `fused_max_batch` (measured, benchmarks/); its gradient does
-        # not compile under XLA, so training always takes the plain loop.
+        if not fused.supports(self):  # unroll: Keras's loop over the cell
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        # The fast path (keras_gates/fused.py): the cell's equations with the
+        # weights read, cast and split once before the loop, and its form
+        # chosen by batch size: up to `fused_max_batch` (inference only) the
+        # one for per-op-bound small batches, above it the one for larger
+        # matmuls (measured, benchmarks/).
 
-        # Both return (last_output, outputs, [states...]): one structure for
-        # ops.cond.
-        def fused_loop():
-            last, outputs, states = fused.run(self, sequences, initial_state, mask)
-            return last, outputs, list(states)
-
-        def plain():
-            last, outputs, states = plain_loop(
-                sequences, initial_state, mask, training=False
+        # Both forms return (last_output, outputs, [states...]): one
+        # structure for ops.cond.
+        def loop(small):
+            last, outputs, states = fused.run(
+                self, sequences, initial_state, mask, training=training, small=small
             )
             return last, outputs, list(states)
 
+        if training:
+            return loop(small=False)
         batch = sequences.shape[0]
         if batch is not None:  # known when tracing: choose now
-            return fused_loop() if batch <= self.fused_max_batch else plain()
-        # Dynamic batch (a serving signature): both loops in the graph, one runs.
+            return loop(small=batch <= self.fused_max_batch)
+        # Dynamic batch (a serving signature): both forms in the graph, one runs.
         return ops.cond(
-            ops.shape(sequences)[0] <= self.fused_max_batch, fused_loop, plain
+            ops.shape(sequences)[0] <= self.fused_max_batch,
+            lambda: loop(small=True),
+            lambda: loop(small=False),
         )
 
     def get_config(self):

@@ -1,31 +1,47 @@
-"""The fast sequence path: the same equations, fewer and larger ops per step.
+"""The fast sequence path: the cell's equations, with the loop written for speed.
 
-``keras.layers.RNN`` calls the cell once per time step, and each call does
-all of its work inside the loop: U x_t (a small matmul per step), + b, a split
-of the pre-activations, one activation per gate. On a CPU at batch 1 a step
-costs what its ops cost to launch (~5-10 us each in TensorFlow's while loop),
-not what they compute, so this module moves everything that does not depend
-on the state out of the loop:
+``keras.layers.RNN`` calls the cell once per time step, and each call does all
+of its work inside the loop: it reads and casts the weights, slices the
+recurrent kernel into gate blocks, projects x_t, splits the pre-activations.
+Every layer of this package runs this module's loop instead (except with
+``unroll``): the same equations, with everything that does not depend on the
+state done once, before the loop. It has two forms, chosen by batch size
+(``GatedRNN.inner_loop``; measured with ``keras-gates bench``):
+
+Small batches, inference (up to ``fused_max_batch``; serving is often batch
+1): a step costs what its ops cost to launch (~5-10 us each in TensorFlow's
+while loop), not what they compute, so the step has as few ops as possible:
 
     before the loop, all steps at once (one large matmul):
         Ux_t + b = [U_o x_t + b_o | U_i x_t + b_i | U_f x_t + b_f | U x_t + b]
     inside the loop, per step (LSTM):
         a_t  = W h_{t-1} + (Ux_t + b)                 one matmul, one add
-        o_t, i_t, f_t, s~_t = sigmoid / tanh of the blocks of a_t
+        o_t, i_t, f_t, s~_t = one sigmoid over a_t, with
+                              tanh(a) = 2 * sigmoid(2 a) - 1 for s~_t (the
+                              factor 2 folded into W, U and b once)
         s_t  = f_t * s_{t-1} + i_t * s~_t
         h_t  = o_t * tanh(s_t)
 
-With the default activations the four gate nonlinearities are one sigmoid:
-tanh(a) = 2 * sigmoid(2 a) - 1, and the factor 2 is folded into the candidate
-block's columns of W and U before the loop, so a step applies one sigmoid to
-(batch, 4 * units) and one multiply-add to its last block.
+and iterations run one at a time (nothing is left to overlap).
+
+Larger batches and training: the matmuls are the cost. x_t is projected
+inside the step again, where TensorFlow overlaps the products of coming steps
+with the recurrence (32 parallel iterations, as Keras's loop), off its
+critical path; each gate keeps its own activation (one wide sigmoid with the
+tanh identity measured slower than three sigmoids and a tanh at batch 64).
+What it still saves over Keras's loop: no per-step variable reads, casts or
+kernel slices, whose gradients Keras's loop accumulates at every step (the
+GRU's sliced recurrent kernel most: its training step measured 1.5x faster).
+Dropout applies here as in the cell: one input mask and one recurrent mask
+per sequence, drawn before the loop (the input mask is applied to the whole
+sequence at once).
 
 The GRU cannot fuse its candidate with its gates (s~_t needs o_t first):
 
     a_t^{oi} = W_{oi} s_{t-1} + (U_{oi} x_t + b_{oi})    one matmul for o and i
     o_t, i_t = sigmoid(a_t^{oi})                          one sigmoid
     s~_t     = tanh(W (o_t * s_{t-1}) + (U x_t + b))
-    s_t      = (1 - i_t) * s_{t-1} + i_t * s~_t
+    s_t      = s_{t-1} + i_t * (s~_t - s_{t-1})           = (1 - i_t) s_{t-1} + i_t s~_t
 
 Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``):
 a masked step keeps the state; the output of a masked step repeats the last
@@ -34,12 +50,12 @@ unmasked output (zeros before the first one), or is zeros with
 outputs in reading order. Because a gated layer's output is its (first)
 state, the loop carries only the state, and the outputs are read off the
 stacked states afterwards with the mask: one vectorised ``where`` instead of
-one per step.
+one per step; without a mask or ``return_sequences`` nothing is stacked.
 
-Written with ``keras.ops`` only: the loop is ``keras.ops.scan`` (a
-``tf.while_loop`` over TensorArrays in TensorFlow, ``jax.lax.scan`` in JAX),
-so it traces under ``tf.function`` / ``jit_compile`` and exports to a
-SavedModel of core ops.
+Under TensorFlow the loop is a ``tf.while_loop`` over TensorArrays (it traces
+under ``tf.function`` and ``jit_compile``, differentiates under XLA, and
+exports to a SavedModel of core ops); under other backends it is
+``keras.ops.scan`` (``jax.lax.scan``).
 """
 
 from __future__ import annotations
@@ -65,17 +81,21 @@ def _has_default_activations(cell) -> bool:
     )
 
 
-def run(layer, sequences, initial_state, mask=None):
-    """``inner_loop`` of ``layer`` on the fast path, for inference.
-
-    Training always takes the plain loop (``GatedRNN.inner_loop``), so no
-    dropout applies here.
+def run(layer, sequences, initial_state, mask=None, training=False, small=False):
+    """``inner_loop`` of ``layer`` on the fast path.
 
     Args:
         layer: a built ``keras_gates.LSTM`` or ``GRU``.
         sequences: (batch, time, features).
         initial_state: list of (batch, units) states ([h, s] or [s]).
         mask: optional (batch, time) booleans.
+        training: whether dropout applies (the cell's per-sequence masks,
+            prepared by ``GatedRNN.inner_loop`` before this is called).
+        small: the small-batch form (inference only): every input
+            projection before the loop, the LSTM's gates under one sigmoid,
+            iterations one at a time. Measured faster at batch 1, slower from
+            batch 4 (benchmarks/), where the per-step ops are no longer the
+            cost.
 
     Returns:
         ``(last_output, outputs, states)`` as ``keras.layers.RNN.inner_loop``:
@@ -88,6 +108,14 @@ def run(layer, sequences, initial_state, mask=None):
     kernel = ops.cast(cell.kernel, dtype)
     recurrent_kernel = ops.cast(cell.recurrent_kernel, dtype)
     bias = ops.cast(cell.bias, dtype) if cell.use_bias else None
+    recurrent_mask = None
+    if training:
+        input_mask = cell.get_dropout_mask(x[:, 0, :])
+        if input_mask is not None:  # one mask per sequence: (batch, features)
+            x = x * ops.cast(input_mask, dtype)[:, None, :]
+        recurrent_mask = cell.get_recurrent_dropout_mask(initial_state[0])
+        if recurrent_mask is not None:
+            recurrent_mask = ops.cast(recurrent_mask, dtype)
 
     # Time-major, in reading order: the loop walks axis 0 forwards.
     x = ops.transpose(x, (1, 0, 2))  # (time, batch, features)
@@ -106,7 +134,15 @@ def run(layer, sequences, initial_state, mask=None):
 
     loop = _lstm_loop if isinstance(cell, LSTMCell) else _gru_loop
     states_seq, final_states = loop(
-        cell, x, initial_state, mask, kernel, recurrent_kernel, bias, keep_sequence
+        cell,
+        x,
+        initial_state,
+        mask,
+        (kernel, recurrent_kernel, bias),
+        keep_sequence=keep_sequence,
+        small=small and not training,
+        recurrent_mask=recurrent_mask,
+        training=training,
     )
     if states_seq is None:
         last_output = final_states[0]
@@ -132,6 +168,33 @@ def run(layer, sequences, initial_state, mask=None):
     return last_output, outputs, final_states
 
 
+def _input_terms(x, blocks, hoist):
+    """The loop's per-step inputs, and how a step turns them into U x_t + b.
+
+    ``blocks`` is a list of (kernel, bias) column blocks; the step gets one
+    pre-activation per block. Hoisted (small batches): U x_t + b of every
+    step before the loop, one large matmul per block. Otherwise x_t is read
+    and projected inside the step: at batch 64 TensorFlow runs these products
+    for the coming steps alongside the recurrence (parallel iterations), off
+    its critical path, and their weight gradients accumulate there too.
+
+    Returns ``(sequences, project)``: the time-major tensors the loop reads,
+    and ``project(step_inputs) -> [U x_t + b per block]``.
+    """
+    if hoist:
+        return [_project(x, k, b) for k, b in blocks], list
+
+    def project(step_inputs):
+        (x_t,) = step_inputs
+        terms = []
+        for k, b in blocks:
+            ux_t = ops.matmul(x_t, k)
+            terms.append(ux_t if b is None else ux_t + b)
+        return terms
+
+    return [x], project
+
+
 def _project(x, kernel, bias):
     """U x_t + b for every step at once: (time, batch, features) -> (.., width).
 
@@ -145,46 +208,128 @@ def _project(x, kernel, bias):
     return ops.reshape(ux, (shape[0], shape[1], kernel.shape[-1]))
 
 
-def _scan(step, init, inputs, mask, keep_sequence=True):
-    """``keras.ops.scan`` over time-major `inputs` (and `mask`), one tensor.
+def _scan(step, init, inputs, mask, keep_sequence, small, training):
+    """Run ``step`` over the time-major tensors ``inputs`` (and ``mask``).
 
-    The mask rides along as one more column of `inputs` (1.0 = keep): Keras's
-    TensorFlow scan cannot take several sequences when the time length is
-    unknown. A static length is passed on, which XLA needs to size the
-    loop's buffers. ``step(carry, inputs_t, mask_t)``; mask_t is None
-    without a mask.
+    ``step(carry, inputs_t, mask_t) -> new_carry``: ``inputs_t`` a list (one
+    slice per tensor of ``inputs``), mask_t None without a mask; ``carry`` a
+    tuple of states whose first element is the output. Returns
+    ``(final carry, the first state at every step)``, the sequence None when
+    ``keep_sequence`` is False and there is no mask.
     """
-    if mask is None and not keep_sequence:
-        # The state alone through a plain loop; returns (final carry, None).
-        def body(t, carry):
-            return step(carry, inputs[t], None)[0]
+    if keras.backend.backend() == "tensorflow":
+        return _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training)
+    return _scan_ops(step, init, inputs, mask, keep_sequence)
 
-        return ops.fori_loop(0, ops.shape(inputs)[0], body, init), None
 
-    width = inputs.shape[-1]
+def _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training):
+    """The TensorFlow loop: a ``tf.while_loop`` over TensorArrays, as
+    ``keras.layers.RNN``'s own. (``keras.ops.scan`` round-trips its carry
+    through a TensorArray at every step and its gradient does not compile
+    under XLA.)
+
+    Iterations overlap (``parallel_iterations``) except in the small-batch
+    form, where everything off the recurrence is already out of the loop and
+    one at a time measured faster. The trip count is ``maximum_iterations``
+    alone (XLA needs it to differentiate the loop; a condition on top would
+    add ops to every step).
+    """
+    import tensorflow as tf
+
+    length = tf.shape(inputs[0])[0]
+    static_length = inputs[0].shape[0]
+    inputs_ta = [
+        tf.TensorArray(t.dtype, size=length, element_shape=t.shape[1:]).unstack(t)
+        for t in inputs
+    ]
+    mask_ta = None
     if mask is not None:
-        inputs = ops.concatenate(
-            [inputs, ops.cast(mask, inputs.dtype)[:, :, None]], axis=-1
+        mask_ta = tf.TensorArray(
+            tf.bool, size=length, element_shape=mask.shape[1:]
+        ).unstack(mask)
+    keep = keep_sequence or mask is not None
+
+    def body(t, *loop_vars):
+        carry = loop_vars[-len(init) :]
+        mask_t = None if mask_ta is None else mask_ta.read(t)
+        new_carry = tuple(step(carry, [ta.read(t) for ta in inputs_ta], mask_t))
+        if keep:
+            return (t + 1, loop_vars[0].write(t, new_carry[0]), *new_carry)
+        return (t + 1, *new_carry)
+
+    loop_vars = (tf.constant(0, "int32"), *init)
+    if keep:
+        outputs_ta = tf.TensorArray(
+            init[0].dtype, size=length, element_shape=init[0].shape
         )
+        loop_vars = (loop_vars[0], outputs_ta, *init)
+    result = tf.while_loop(
+        lambda *_: True,
+        body,
+        loop_vars,
+        maximum_iterations=length,
+        parallel_iterations=1 if small else 32,
+        swap_memory=training,
+    )
+    carry = tuple(result[-len(init) :])
+    if not keep:
+        return carry, None
+    sequence = result[1].stack()
+    sequence.set_shape((static_length, *init[0].shape))
+    return carry, sequence
+
+
+def _scan_ops(step, init, inputs, mask, keep_sequence):
+    """The other backends: ``keras.ops.scan`` (``jax.lax.scan`` in JAX).
+
+    The inputs and the mask (1.0 = keep) ride along as one tensor: Keras's
+    scan takes one sequence reliably.
+    """
+    widths = [t.shape[-1] for t in inputs]
+    columns = list(inputs)
+    if mask is not None:
+        columns.append(ops.cast(mask, inputs[0].dtype)[:, :, None])
+    packed = ops.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0]
 
     def scan_step(carry, xs_t):
-        if mask is None:
-            return step(carry, xs_t, None)
-        return step(carry, xs_t[:, :width], xs_t[:, width] > 0.5)
+        parts, offset = [], 0
+        for width in widths:
+            parts.append(xs_t[:, offset : offset + width])
+            offset += width
+        mask_t = None if mask is None else xs_t[:, offset] > 0.5
+        new_carry = tuple(step(carry, parts, mask_t))
+        return new_carry, new_carry[0]
 
-    length = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
-    return ops.scan(scan_step, init, inputs, length=length)
+    length = packed.shape[0] if isinstance(packed.shape[0], int) else None
+    carry, sequence = ops.scan(scan_step, tuple(init), packed, length=length)
+    return carry, (sequence if keep_sequence or mask is not None else None)
 
 
 def _lstm_loop(
-    cell, x, initial_state, mask, kernel, recurrent_kernel, bias, keep_sequence
+    cell,
+    x,
+    initial_state,
+    mask,
+    weights,
+    keep_sequence,
+    small,
+    recurrent_mask,
+    training,
 ):
+    kernel, recurrent_kernel, bias = weights
     u = cell.units
-    fuse_tanh = _has_default_activations(cell)
     n_gates = cell.num_gate_blocks  # o, i, (f,) s~
+    # Small batches: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
+    # every block (fewer ops per step); the candidate block's columns are
+    # doubled once, here. Not in float16 (2 sigmoid - 1 loses tanh's
+    # precision near 0) and not at larger batches, where the one wide
+    # sigmoid measured slower than three sigmoids and a tanh.
+    fuse_tanh = (
+        small
+        and _has_default_activations(cell)
+        and keras.backend.standardize_dtype(x.dtype) in ("float32", "float64")
+    )
     if fuse_tanh:
-        # tanh(a) = 2 * sigmoid(2 a) - 1: double the candidate block's columns
-        # once, here, and one sigmoid covers all the blocks in the loop.
         scale = ops.concatenate(
             [ops.ones(((n_gates - 1) * u,), x.dtype), ops.full((u,), 2.0, x.dtype)]
         )
@@ -193,11 +338,13 @@ def _lstm_loop(
         if bias is not None:
             bias = bias * scale
 
-    ux_b = _project(x, kernel, bias)  # (time, batch, n_gates * units)
+    inputs, project = _input_terms(x, [(kernel, bias)], hoist=small)
 
-    def lstm_step(carry, ux_b_t, mask_t):
+    def lstm_step(carry, inputs_t, mask_t):
         h_tm1, s_tm1 = carry
-        a_t = ops.matmul(h_tm1, recurrent_kernel) + ux_b_t
+        h_in = h_tm1 if recurrent_mask is None else h_tm1 * recurrent_mask
+        (ux_b_t,) = project(inputs_t)
+        a_t = ops.matmul(h_in, recurrent_kernel) + ux_b_t
         if fuse_tanh:
             gates_t = ops.split(ops.sigmoid(a_t), n_gates, axis=-1)
             o_t, i_t = gates_t[0], gates_t[1]
@@ -217,31 +364,57 @@ def _lstm_loop(
             keep = mask_t[:, None]
             h_t = ops.where(keep, h_t, h_tm1)
             s_t = ops.where(keep, s_t, s_tm1)
-        return (h_t, s_t), (h_t, s_t)
+        return h_t, s_t
 
-    carry, sequences = _scan(
-        lstm_step, (initial_state[0], initial_state[1]), ux_b, mask, keep_sequence
+    carry, h_seq = _scan(
+        lstm_step,
+        (initial_state[0], initial_state[1]),
+        inputs,
+        mask,
+        keep_sequence,
+        small,
+        training,
     )
-    return (None if sequences is None else sequences[0]), list(carry)
+    return h_seq, list(carry)
 
 
 def _gru_loop(
-    cell, x, initial_state, mask, kernel, recurrent_kernel, bias, keep_sequence
+    cell,
+    x,
+    initial_state,
+    mask,
+    weights,
+    keep_sequence,
+    small,
+    recurrent_mask,
+    training,
 ):
+    kernel, recurrent_kernel, bias = weights
     u = cell.units
+    # Blocks split once, outside the loop: [o | i] (one matmul for both
+    # gates) and the candidate's.
     W_oi, W = recurrent_kernel[:, : 2 * u], recurrent_kernel[:, 2 * u :]
-    ux_b = _project(x, kernel, bias)  # (time, batch, 3 * units)
+    blocks = [
+        (kernel[:, : 2 * u], None if bias is None else bias[: 2 * u]),
+        (kernel[:, 2 * u :], None if bias is None else bias[2 * u :]),
+    ]
+    inputs, project = _input_terms(x, blocks, hoist=small)
 
-    def gru_step(s_tm1, ux_b_t, mask_t):
-        ux_b_oi_t, ux_b_s_t = ux_b_t[:, : 2 * u], ux_b_t[:, 2 * u :]
+    def gru_step(carry, inputs_t, mask_t):
+        (s_tm1,) = carry
+        s_in = s_tm1 if recurrent_mask is None else s_tm1 * recurrent_mask
+        ux_b_oi_t, ux_b_s_t = project(inputs_t)
         o_t, i_t = ops.split(
-            cell.recurrent_activation(ops.matmul(s_tm1, W_oi) + ux_b_oi_t), 2, axis=-1
+            cell.recurrent_activation(ops.matmul(s_in, W_oi) + ux_b_oi_t), 2, axis=-1
         )
-        s_tilde_t = cell.activation(ops.matmul(o_t * s_tm1, W) + ux_b_s_t)
-        s_t = (1.0 - i_t) * s_tm1 + i_t * s_tilde_t
+        s_tilde_t = cell.activation(ops.matmul(o_t * s_in, W) + ux_b_s_t)
+        # = (1 - i_t) * s_{t-1} + i_t * s~_t, in one op fewer
+        s_t = s_tm1 + i_t * (s_tilde_t - s_tm1)
         if mask_t is not None:
             s_t = ops.where(mask_t[:, None], s_t, s_tm1)
-        return s_t, s_t
+        return (s_t,)
 
-    final_s, s_seq = _scan(gru_step, initial_state[0], ux_b, mask, keep_sequence)
-    return s_seq, [final_s]
+    carry, s_seq = _scan(
+        gru_step, (initial_state[0],), inputs, mask, keep_sequence, small, training
+    )
+    return s_seq, list(carry)

@@ -35,12 +35,15 @@ MASKS = {
 GRAD_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def fused_at_every_batch(monkeypatch):
-    """Layers pick the fused loop only up to `fused_max_batch` (a speed choice);
-    these tests compare the two loops, so the fused one runs at any batch."""
+@pytest.fixture(autouse=True, params=["small", "large"])
+def form(request, monkeypatch):
+    """The fast path has two forms, picked by batch size at inference (up to
+    `fused_max_batch`: the small-batch one). Every test runs each form at any
+    batch; training always takes the large-batch form."""
+    limit = 10**9 if request.param == "small" else 0
     for layer_class in (keras_gates.LSTM, keras_gates.GRU):
-        monkeypatch.setattr(layer_class, "fused_max_batch", 10**9)
+        monkeypatch.setattr(layer_class, "fused_max_batch", limit)
+    return request.param
 
 
 @contextlib.contextmanager
@@ -152,24 +155,43 @@ def test_fast_equals_plain_last_output_with_initial_state(variant):
             np.testing.assert_allclose(got, want_state, rtol=RTOL, atol=ATOL)
 
 
-def test_training_takes_the_plain_loop(variant, monkeypatch):
-    """Dropout (and every gradient step) runs on the plain loop; the fused loop
-    serves inference only, where a dropout layer computes without masks."""
-    calls = []
+@pytest.mark.parametrize("mask_name", ["none", "gaps"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_fast_equals_plain_in_training_with_dropout(
+    variant, mask_name, go_backwards, monkeypatch
+):
+    """Training runs on the fast path (large-batch form) with the same
+    per-sequence dropout masks as the plain loop: same seed, same values and
+    gradients."""
+    forms = []
     original = fused.run
     monkeypatch.setattr(
-        fused, "run", lambda *a, **k: calls.append(1) or original(*a, **k)
+        fused,
+        "run",
+        lambda *a, **k: forms.append((k["training"], k["small"])) or original(*a, **k),
     )
-    x = random_inputs(4, 6, 4)
-    layer = make_layer(
-        variant, 5, 4, return_sequences=True, dropout=0.4, recurrent_dropout=0.3
-    )
-    layer(x, training=True)
-    assert calls == []
-    got = as_numpy(layer(x))
-    assert calls == [1]
-    want, _, _, _ = reference(variant, layer, x)
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    mask = None if MASKS[mask_name] is None else np.array(MASKS[mask_name], bool)
+    x = random_inputs(3, 6, 4)
+
+    def make():
+        keras.utils.set_random_seed(11)  # the layers' dropout seeds
+        return make_layer(
+            variant,
+            5,
+            4,
+            return_sequences=True,
+            return_state=True,
+            go_backwards=go_backwards,
+            dropout=0.4,
+            recurrent_dropout=0.3,
+        )
+
+    fast = assert_paths_equal(make, x, mask=mask, training=True)
+    assert forms == [(True, False)]
+    # Dropout did apply: the same layer without it gives other values.
+    layer = make()
+    no_dropout = as_numpy(layer(x, mask=mask, training=False)[0])
+    assert np.abs(fast[0][0] - no_dropout).max() > 1e-2
 
 
 def test_fast_equals_plain_stateful(variant):
@@ -200,23 +222,22 @@ def test_fast_equals_plain_without_bias(variant):
     assert_paths_equal(lambda: make_layer(variant, 4, 3, use_bias=False), x)
 
 
-@pytest.mark.xfail(
-    reason="keras.ops.scan's TensorFlow gradient under XLA needs a fixed TensorList "
-    "size (known issue; the fused path is used only when training=False)",
-    strict=True,
-)
-def test_fast_equals_plain_under_jit_compile(variant):
+@pytest.mark.parametrize("training", [False, True])
+def test_fast_equals_plain_under_jit_compile(variant, training):
     x = random_inputs(3, 6, 4)
     mask = np.array(MASKS["gaps"], bool)
     results = []
     for use_plain in (False, True):
-        layer = make_layer(variant, 5, 4, return_sequences=True)
+        keras.utils.set_random_seed(11)
+        layer = make_layer(
+            variant, 5, 4, return_sequences=True, dropout=0.3, recurrent_dropout=0.2
+        )
 
         @tf.function(jit_compile=True)
         def forward_and_grad(x, mask, layer=layer):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = layer(x, mask=mask)
+                y = layer(x, mask=mask, training=training)
                 loss = tf.reduce_sum(y * y)
             return y, tape.gradient(loss, [x, *layer.trainable_variables])
 
@@ -227,7 +248,8 @@ def test_fast_equals_plain_under_jit_compile(variant):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=GRAD_ATOL)
 
 
-def test_fast_equals_plain_mixed_precision(variant):
+@pytest.mark.parametrize("training", [False, True])
+def test_fast_equals_plain_mixed_precision(variant, training):
     x = random_inputs(3, 6, 4)
     mask = np.array(MASKS["gaps"], bool)
     previous = keras.config.dtype_policy()
@@ -240,6 +262,7 @@ def test_fast_equals_plain_mixed_precision(variant):
             grad_atol=2e-2,
             rtol=1e-2,
             mask=mask,
+            training=training,
         )
         layer = make_layer(variant, 5, 4, return_sequences=True, return_state=True)
         outputs, *states = layer(x, mask=mask)
@@ -281,21 +304,26 @@ def test_fast_path_exports_core_ops_only(variant, tmp_path):
 
 @pytest.mark.parametrize("layer_class", [keras_gates.LSTM, keras_gates.GRU])
 def test_dispatch_by_batch_size(layer_class, monkeypatch):
-    """Static batch: chosen when tracing; dynamic batch (a serving signature):
-    both loops in the graph, `ops.cond` picks; every route equals the oracle."""
+    """Static batch: the form is chosen when tracing; dynamic batch (a serving
+    signature): both forms in the graph, `ops.cond` picks; training: the
+    large-batch form; every route equals the oracle."""
     monkeypatch.setattr(layer_class, "fused_max_batch", 2)
     calls = []
     original = fused.run
     monkeypatch.setattr(
-        fused, "run", lambda *a, **k: calls.append(a[1].shape[0]) or original(*a, **k)
+        fused, "run", lambda *a, **k: calls.append(k["small"]) or original(*a, **k)
     )
     variant = "lstm" if layer_class is keras_gates.LSTM else "gru"
     layer = make_layer(variant, 5, 4, return_sequences=True)
-    for batch, fused_runs in ((1, [1]), (3, [])):
+    for batch, training, forms in (
+        (1, False, [True]),
+        (3, False, [False]),
+        (1, True, [False]),
+    ):
         calls.clear()
         x = random_inputs(batch, 6, 4)
-        got = as_numpy(layer(x))
-        assert calls == fused_runs
+        got = as_numpy(layer(x, training=training))
+        assert calls == forms
         want, _, _, _ = reference(variant, layer, x)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
