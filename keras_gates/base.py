@@ -295,7 +295,8 @@ class GatedRNN(keras.layers.RNN):
     """
 
     cell_class: type[GatedCell]
-    # Largest batch for which inference takes the fused loop (see inner_loop).
+    # Largest batch for which inference takes the fast path's small-batch
+    # form (see inner_loop and keras_gates/fused.py); subclasses set theirs.
     fused_max_batch: int = 1
     layer_arguments = (
         "return_sequences",

@@ -28,7 +28,9 @@ Larger batches and training: the matmuls are the cost. x_t is projected
 inside the step again, where TensorFlow overlaps the products of coming steps
 with the recurrence (32 parallel iterations, as Keras's loop), off its
 critical path; each gate keeps its own activation (one wide sigmoid with the
-tanh identity measured slower than three sigmoids and a tanh at batch 64).
+tanh identity measured slower than three sigmoids and a tanh at batch 64);
+and the output gate o_t, needed only at the end of the step, gets its own
+product beside the one for i_t, f_t and s~_t, so the two run side by side.
 What it still saves over Keras's loop: no per-step variable reads, casts or
 kernel slices, whose gradients Keras's loop accumulates at every step (the
 GRU's sliced recurrent kernel most: its training step measured 1.5x faster).
@@ -38,10 +40,15 @@ sequence at once).
 
 The GRU cannot fuse its candidate with its gates (s~_t needs o_t first):
 
-    a_t^{oi} = W_{oi} s_{t-1} + (U_{oi} x_t + b_{oi})    one matmul for o and i
-    o_t, i_t = sigmoid(a_t^{oi})                          one sigmoid
+    a_t^{oi} = W_{oi} s_{t-1} + (U_{oi} x_t + b_{oi})    small batches: one
+    o_t, i_t = sigmoid(a_t^{oi})                          matmul, one sigmoid
     s~_t     = tanh(W (o_t * s_{t-1}) + (U x_t + b))
-    s_t      = s_{t-1} + i_t * (s~_t - s_{t-1})           = (1 - i_t) s_{t-1} + i_t s~_t
+    s_t      = (1 - i_t) * s_{t-1} + i_t * s~_t
+
+At larger batches o_t and i_t get a matmul each instead: only o_t is on the
+way to s~_t, and its product is half as wide. The state update is written so
+that (1 - i_t) * s_{t-1} is computed while s~_t is: two ops after s~_t on the
+critical path. (These choices are per-op measurements, benchmarks/.)
 
 Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``):
 a masked step keeps the state; the output of a masked step repeats the last
@@ -338,19 +345,38 @@ def _lstm_loop(
         if bias is not None:
             bias = bias * scale
 
-    inputs, project = _input_terms(x, [(kernel, bias)], hoist=small)
+    if small:
+        # Per-op bound: every block from one matmul.
+        groups = [(kernel, recurrent_kernel, bias)]
+    else:
+        # Matmul bound: o_t is needed only at the end of the step, so it gets
+        # its own product, which runs alongside the one for i, f and s~ (a
+        # shorter critical path: measured 0.89x instead of 0.97x of Keras's
+        # LSTM at batch 64, both shapes of the benchmark).
+        groups = [
+            (
+                kernel[:, cols],
+                recurrent_kernel[:, cols],
+                None if bias is None else bias[cols],
+            )
+            for cols in (slice(0, u), slice(u, None))
+        ]
+    inputs, project = _input_terms(x, [(k, b) for k, _, b in groups], hoist=small)
+    recurrent = [w for _, w, _ in groups]
 
     def lstm_step(carry, inputs_t, mask_t):
         h_tm1, s_tm1 = carry
         h_in = h_tm1 if recurrent_mask is None else h_tm1 * recurrent_mask
-        (ux_b_t,) = project(inputs_t)
-        a_t = ops.matmul(h_in, recurrent_kernel) + ux_b_t
+        pre = [ops.matmul(h_in, w) + ux for w, ux in zip(recurrent, project(inputs_t))]
         if fuse_tanh:
-            gates_t = ops.split(ops.sigmoid(a_t), n_gates, axis=-1)
+            gates_t = ops.split(ops.sigmoid(pre[0]), n_gates, axis=-1)
             o_t, i_t = gates_t[0], gates_t[1]
             s_tilde_t = 2.0 * gates_t[-1] - 1.0  # = tanh(a_s)
         else:
-            a_gates = ops.split(a_t, n_gates, axis=-1)
+            if small:
+                a_gates = ops.split(pre[0], n_gates, axis=-1)
+            else:
+                a_gates = [pre[0], *ops.split(pre[1], n_gates - 1, axis=-1)]
             gates_t = [cell.recurrent_activation(a) for a in a_gates[:-1]]
             o_t, i_t = gates_t[0], gates_t[1]
             s_tilde_t = cell.activation(a_gates[-1])
@@ -391,25 +417,38 @@ def _gru_loop(
 ):
     kernel, recurrent_kernel, bias = weights
     u = cell.units
-    # Blocks split once, outside the loop: [o | i] (one matmul for both
-    # gates) and the candidate's.
-    W_oi, W = recurrent_kernel[:, : 2 * u], recurrent_kernel[:, 2 * u :]
-    blocks = [
-        (kernel[:, : 2 * u], None if bias is None else bias[: 2 * u]),
-        (kernel[:, 2 * u :], None if bias is None else bias[2 * u :]),
-    ]
-    inputs, project = _input_terms(x, blocks, hoist=small)
+
+    def block(j, k=1):  # gate blocks j .. j + k - 1 of (U, W, b), split once
+        cols = slice(j * u, (j + k) * u)
+        b = None if bias is None else bias[cols]
+        return kernel[:, cols], recurrent_kernel[:, cols], b
+
+    if small:
+        # Per-op bound: o and i from one matmul and one sigmoid.
+        groups = [block(0, 2), block(2)]
+    else:
+        # Matmul bound: o_t alone feeds the candidate, so it gets its own
+        # (half as wide) product and the critical path is shorter; i_t's
+        # runs alongside. Measured 0.83x instead of 1.08x of Keras's GRU at
+        # 64 x 200 x 64 -> 256.
+        groups = [block(0), block(1), block(2)]
+    inputs, project = _input_terms(x, [(k, b) for k, _, b in groups], hoist=small)
+    recurrent = [w for _, w, _ in groups]
 
     def gru_step(carry, inputs_t, mask_t):
         (s_tm1,) = carry
         s_in = s_tm1 if recurrent_mask is None else s_tm1 * recurrent_mask
-        ux_b_oi_t, ux_b_s_t = project(inputs_t)
-        o_t, i_t = ops.split(
-            cell.recurrent_activation(ops.matmul(s_in, W_oi) + ux_b_oi_t), 2, axis=-1
-        )
-        s_tilde_t = cell.activation(ops.matmul(o_t * s_in, W) + ux_b_s_t)
-        # = (1 - i_t) * s_{t-1} + i_t * s~_t, in one op fewer
-        s_t = s_tm1 + i_t * (s_tilde_t - s_tm1)
+        *ux_gates, ux_s = project(inputs_t)
+        gates = [
+            cell.recurrent_activation(ops.matmul(s_in, w) + ux)
+            for w, ux in zip(recurrent[:-1], ux_gates)
+        ]
+        o_t, i_t = ops.split(gates[0], 2, axis=-1) if small else gates
+        s_tilde_t = cell.activation(ops.matmul(o_t * s_in, recurrent[-1]) + ux_s)
+        # (1 - i_t) * s_{t-1} is ready before s~_t: two ops after it on the
+        # critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one op fewer
+        # but three after s~_t, and measured 1.2x slower at batch 64).
+        s_t = (1.0 - i_t) * s_tm1 + i_t * s_tilde_t
         if mask_t is not None:
             s_t = ops.where(mask_t[:, None], s_t, s_tm1)
         return (s_t,)

@@ -177,9 +177,10 @@ class GRU(GatedRNN):
     (2, 7, 16)
     """
 
-    # Inference up to this batch takes the fused loop (measured crossover: it
-    # beats the plain loop up to batch 8 at 64 features, 128 units).
-    fused_max_batch = 8
+    # Inference up to this batch takes the fast path's small-batch form
+    # (measured crossover at 100 steps x 64 features -> 128 units: it wins up
+    # to batch 16, the large-batch form from batch 32).
+    fused_max_batch = 16
 
     def __init__(
         self,
