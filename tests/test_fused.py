@@ -2,7 +2,8 @@
 
 The plain path is ``keras.layers.RNN.inner_loop`` over the layer's own cell
 (the readable step in lstm.py / gru.py); the fast path is what the layers
-run by default. Values and gradients (w.r.t. the inputs and every weight)
+run by default, in both of its forms (small- and large-batch) and in training.
+Values and gradients (w.r.t. the inputs and every weight)
 must agree across masks, dropout with a seed, go_backwards, initial and
 carried state, mixed precision and jit_compile; values also match the NumPy
 oracle in tests/reference.py.
