@@ -255,7 +255,7 @@ def test_export_killed_midway_leaves_base_unchanged(tmp_path):
     """SIGKILL once the export has written its first file: the base is as it
     was (the export is staged beside it, in its parent), and the next export's
     clean-up removes the dead export's staging folder."""
-    from keras_gates.serving import _remove_stale_staging
+    from keras_gates.serving.publish import remove_stale_staging
 
     base = tmp_path / "saved_models"
     (base / "toy" / "1" / "variables").mkdir(parents=True)
@@ -300,6 +300,6 @@ def test_export_killed_midway_leaves_base_unchanged(tmp_path):
     # A running export's staging folder is never taken; a dead one's is.
     alive = tmp_path / f".saved_models.keras-gates-export-{os.getpid()}-x"
     alive.mkdir()
-    assert _remove_stale_staging(base) == [tmp_path / staging]
+    assert remove_stale_staging(base) == [tmp_path / staging]
     alive.rmdir()
     assert snapshot_tree(tmp_path) == before

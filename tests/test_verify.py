@@ -24,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gates
+import keras_gates.serving.export
 from keras_gates import cli, serving
 from keras_gates.serving import export_for_serving
 
@@ -116,7 +117,7 @@ def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while writing warmup requests")
 
-    monkeypatch.setattr(serving, "_write_warmup", broken)
+    monkeypatch.setattr(serving.export, "write_warmup", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export_for_serving(make_model(), tmp_path, "broken", verify=False)
     # No version, no model folder, no models.config, no staging folder (which
@@ -222,7 +223,7 @@ def test_failed_export_removes_the_folders_it_created(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while writing warmup requests")
 
-    monkeypatch.setattr(serving, "_write_warmup", broken)
+    monkeypatch.setattr(serving.export, "write_warmup", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export_for_serving(make_model(), tmp_path / "a" / "b" / "base", "m")
     assert list(tmp_path.iterdir()) == []
