@@ -12,6 +12,7 @@ Public names (SPEC §2):
     keras_gates.export_for_serving              a verified TF Serving version folder
     keras_gates.plots                           matplotlib pictures of the above
     keras_gates.ExactBackupAndRestore           exact resume, mid-epoch included
+    keras_gates.GateMonitor                     the gates in TensorBoard while training
 
 Importing the package registers every class with Keras's serialization, so a
 `.keras` file that uses them loads with plain `keras.saving.load_model`.
@@ -28,6 +29,7 @@ from keras_gates.convert import from_keras, to_keras
 from keras_gates.gru import GRU, GRUCell
 from keras_gates.introspection import gate_sequences, gradient_flow, trace_gates
 from keras_gates.lstm import LSTM, LSTMCell
+from keras_gates.monitor import GateMonitor
 from keras_gates.serving import export_for_serving
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "ExactBackupAndRestore",
     "GRU",
     "GRUCell",
+    "GateMonitor",
     "LSTM",
     "LSTMCell",
     "export_for_serving",
