@@ -21,6 +21,7 @@ restores them with the epoch to restart from.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -300,6 +301,11 @@ def test_export_killed_midway_leaves_base_unchanged(tmp_path):
     # A running export's staging folder is never taken; a dead one's is.
     alive = tmp_path / f".saved_models.keras-gates-export-{os.getpid()}-x"
     alive.mkdir()
-    assert remove_stale_staging(base) == [tmp_path / staging]
+    held = os.open(alive, os.O_RDONLY)  # as a running export holds its folder
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        assert remove_stale_staging(base) == [tmp_path / staging]
+    finally:
+        os.close(held)
     alive.rmdir()
     assert snapshot_tree(tmp_path) == before

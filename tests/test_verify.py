@@ -13,6 +13,7 @@ Runtime: ~6 loader processes, ~40 s.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -202,7 +203,7 @@ def test_verify_refuses_a_folder_without_saved_model(tmp_path, capsys):
 
 def test_next_export_removes_a_dead_exports_staging_folder(tmp_path):
     """A killed export's staging folder (beside the base) goes at the next
-    export; a running export's (its process alive) stays."""
+    export; a running export's (its lock held) stays."""
     base = tmp_path / "base"
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -214,7 +215,14 @@ def test_next_export_removes_a_dead_exports_staging_folder(tmp_path):
     (stale / "export").mkdir(parents=True)
     live = tmp_path / f".base.keras-gates-export-{os.getpid()}-def"
     live.mkdir()
-    export_for_serving(make_model(), base, "m", verify=False)
+    # A running export holds a lock on its staging folder (the kernel drops it
+    # when the process dies, whatever its PID namespace).
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        export_for_serving(make_model(), base, "m", verify=False)
+    finally:
+        os.close(held)
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "base"]
 

@@ -1,9 +1,14 @@
 """TF Serving for keras_gates models, as the steps a model goes through.
 
-    analysis     what the model is (its input kind; a chain or a whole graph)
-    warmup       sample requests and the warmup TFRecord
-    export       `export_for_serving`: the steps below, in order
-    publish      staging, version numbers, the atomic rename, models.config
+    analysis     what the model is: a frozen Description (input kind, chain,
+                 which layers act per step), or the reason it cannot be served
+    signatures   one small factory per signature (serving_default,
+                 with_lengths, step, gates)
+    proofs       each signature, run from the staged SavedModel, against Keras
+    samples      sample inputs and warmup requests (export, proofs, verify)
+    publish      staging (locked), version numbers, the atomic rename,
+                 retire/restore, models.config
+    export       `export_for_serving`: the steps above, in order
     verify       the parent side of the C++ loader check (`verify_saved_model`,
                  `run_signatures`, `serving_latency`)
     checks       the loader child's checks (no TensorFlow Python package)

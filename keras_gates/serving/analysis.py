@@ -1,16 +1,32 @@
-"""What a model is, for serving: its input kind, and whether it is a chain.
+"""What a model is, for serving: a pure analysis that changes nothing.
 
-A chain is `pre` layers, one gated RNN layer and `post` layers: the `step` and
-`gates` signatures follow its one cell. Any other model with keras_gates layers
-is exported whole.
+`describe(model)` answers with a frozen `Description` (or raises a ValueError /
+TypeError naming the reason the model cannot be served at all):
+
+- the input: `float` (batch, time, features), `tokens` (batch, time) of
+  integers, or `text` (batch,) / (batch, 1) strings through a TextVectorization;
+- the model's keras_gates layers;
+- whether it is a chain (`pre` layers -> one forward keras_gates LSTM/GRU at
+  the top level -> `post` layers), which the `gates` signature needs, and
+  whether that chain acts step by step, which the `step` signature needs:
+  every `pre` layer, and with `return_sequences=True` every `post` layer, must
+  act on each time step alone (`PER_STEP_LAYERS`). A layer that mixes time
+  steps (Conv1D, pooling, attention, Flatten, another recurrent layer) or that
+  is not known to act per step is refused, with its name in the reason.
+
+Which signatures are finally written is decided by their proofs
+(`keras_gates.serving.proofs`), which run them; this module only says which
+ones can be built at all, and why not.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
-import numpy as np
+
+from keras_gates.introspection import gate_names
 
 
 def as_float32(x):
@@ -57,489 +73,416 @@ def sublayers(model: keras.Model) -> list:
     return layers
 
 
-class Plan:
-    """How a model is exported: as a chain, or as a whole graph.
+# Layers that act on each time step alone (at inference), whatever the length:
+# running them on one step gives that step of running them on the sequence.
+_PER_STEP_NAMES = (
+    "Dense",
+    "EinsumDense",
+    "Embedding",
+    "Dropout",
+    "SpatialDropout1D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "PReLU",
+    "Identity",
+    "Masking",
+    "Rescaling",
+    "TimeDistributed",
+)
+PER_STEP_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in _PER_STEP_NAMES
+    if hasattr(keras.layers, name)
+)
+# Per step only when they act on the feature axis (the last one).
+_FEATURE_AXIS_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "LayerNormalization",
+        "BatchNormalization",
+        "UnitNormalization",
+        "Softmax",
+        "Normalization",
+    )
+    if hasattr(keras.layers, name)
+)
 
-    A chain is `pre` layers, one gated RNN layer and `post` layers (a
-    Sequential, or a functional model with one path): the `step` and `gates`
-    signatures need the recurrent cell itself, so they are written for chains
-    only (checked against the model's own output before anything is written).
-    Any other single-input model with keras_gates layers (Bidirectional,
-    stacked, go_backwards, branches) is exported whole: `serving_default` runs
-    the model itself, and `with_lengths` (token inputs) zeroes the padding
-    before it, where the model's masking makes that exact (checked too).
-    `self.omitted` says, per signature not written, why.
+
+def per_step_reason(layer) -> str | None:
+    """None if `layer` acts on each time step alone, else why not (its name in it)."""
+    if isinstance(layer, keras.layers.RNN) or isinstance(
+        layer, keras.layers.Bidirectional
+    ):
+        return f"'{layer.name}' ({type(layer).__name__}) is another recurrent layer"
+    if isinstance(layer, PER_STEP_LAYERS):
+        return None
+    if isinstance(layer, _FEATURE_AXIS_LAYERS):
+        axis = getattr(layer, "axis", -1)
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        rank = len(getattr(layer, "input", None).shape) if _has_input(layer) else 3
+        if all(a in (-1, rank - 1) for a in axes):
+            return None
+        return (
+            f"'{layer.name}' ({type(layer).__name__}) acts over axis {axis}, not "
+            "the feature axis alone"
+        )
+    return (
+        f"'{layer.name}' ({type(layer).__name__}) is not known to act on each "
+        "time step alone (Conv1D, pooling, attention, Flatten and Reshape mix "
+        "time steps)"
+    )
+
+
+def _has_input(layer) -> bool:
+    try:
+        return layer.input is not None and hasattr(layer.input, "shape")
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Chain:
+    """input -> `pre` -> one forward keras_gates RNN -> `post`.
+
+    Attributes:
+        pre: The layers before the RNN, in order (TextVectorization first for
+            text models).
+        rnn: The keras_gates layer.
+        post: The layers after it (the head).
+        step_pre: `pre` without the TextVectorization: what `step` runs on one
+            token (text models stream token ids).
+        step_dtype: The dtype `step` takes (the tokens' for text models).
+        state_names: ("h", "s") for the LSTM, ("s",) for the GRU.
+        gate_names: The trace's entries, e.g. ("o", "i", "f", "s_tilde", "s", "h").
+        step_reason: None if `step` can be built, else why not.
+        per_step_pre: Every `pre` layer acts per step (padding never reaches a
+            real step: `with_lengths` can mask by length).
     """
 
-    def __init__(self, model: keras.Model):
-        if not isinstance(model, keras.Model):
-            raise TypeError(
-                f"`model` must be a keras.Model; received {type(model).__name__}."
-            )
-        inputs = getattr(model, "inputs", None)
-        if not inputs or len(inputs) != 1 or len(model.outputs) != 1:
-            raise ValueError(
-                "`model` must be a built model with one input and one output (use "
-                "keras.Input); received inputs "
-                f"{[tuple(i.shape) for i in inputs or []]}."
-            )
-        self.model = model
-        every = sublayers(model)
-        recurrent = [layer for layer in every if isinstance(layer, keras.layers.RNN)]
-        self.gated = [layer for layer in recurrent if is_gated(layer)]
-        if not self.gated:
-            raise ValueError(
-                "`model` must contain a keras_gates.LSTM or keras_gates.GRU layer "
-                "(or keras.layers.RNN over a keras_gates cell, alone or inside "
-                "Bidirectional); received layers "
-                f"{[type(layer).__name__ for layer in every]}."
-            )
-        for layer in recurrent + [
-            w for w in every if isinstance(w, keras.layers.Bidirectional)
-        ]:
-            if getattr(layer, "stateful", False):
-                raise ValueError(
-                    f"`model`: the recurrent layer '{layer.name}' has stateful=True; "
-                    "a servable export needs stateful=False (TF Serving keeps no "
-                    "state: stream with the `step` signature instead)."
-                )
+    pre: tuple
+    rnn: Any
+    post: tuple
+    step_pre: tuple
+    step_dtype: str
+    state_names: tuple[str, ...]
+    gate_names: tuple[str, ...]
+    step_reason: str | None
+    per_step_pre: bool
 
-        spec = inputs[0]
-        dtype = keras.backend.standardize_dtype(spec.dtype)
-        self.input_shape = tuple(spec.shape)
-        vectorizers = [
-            layer
-            for layer in every
-            if isinstance(layer, keras.layers.TextVectorization)
-        ]
-        self.vectorizer = vectorizers[0] if vectorizers else None
-        if dtype == "string":
-            self.kind = "text"
-            if self.vectorizer is None or len(self.input_shape) not in (1, 2):
-                raise ValueError(
-                    "`model`: a string input must be (batch,) or (batch, 1) and go "
-                    "through a keras.layers.TextVectorization; received shape "
-                    f"{self.input_shape} and layers "
-                    f"{[type(layer).__name__ for layer in every]}."
-                )
-            self.input_name = "text"
-            self.input_dtype = "string"
-        elif "int" in dtype:
-            self.kind = "tokens"
-            self.input_name = "tokens"
-            self.input_dtype = dtype
-            if len(self.input_shape) != 2:
-                raise ValueError(
-                    "`model`: a token input must be (batch, time); received shape "
-                    f"{self.input_shape}."
-                )
-        elif "float" in dtype:
-            self.kind = "float"
-            self.input_name = "inputs"
-            # float32 whatever the model's input or compute dtype; the layers cast.
-            self.input_dtype = "float32"
-            if len(self.input_shape) != 3 or self.input_shape[-1] is None:
-                raise ValueError(
-                    "`model`: a float input must be (batch, time, features) with a "
-                    f"known feature size; received shape {self.input_shape}."
-                )
-        else:
-            raise TypeError(
-                f"`model`: input dtype must be float, int or string; received {dtype}."
-            )
-        self.embedding = next(
-            (layer for layer in every if isinstance(layer, keras.layers.Embedding)),
-            None,
-        )
-        self.omitted: dict[str, str] = {}
-        reason = self._chain_reason(recurrent)
-        self.chain = reason is None
-        if not self.chain:
-            self.omitted["step"] = reason
-            self.omitted["gates"] = reason
-            self.rnn = self.cell = None
-            self.state_names = ()
-            if self.kind == "tokens":
-                reason = self._lengths_reason()
-                if reason is not None:
-                    self.omitted["with_lengths"] = reason
+    @property
+    def cell(self):
+        return self.rnn.cell
 
-    def _chain_reason(self, recurrent: list) -> str | None:
-        """None if the model is a chain around one gated RNN, else why not."""
-        from keras_gates.base import GatedCell
 
-        # `step` and `gates` run one recurrent cell forward in time, step by step.
-        why = "`step` and `gates` follow one forward cell step by step"
-        layers = [
-            layer
-            for layer in self.model.layers
-            if not isinstance(layer, keras.layers.InputLayer)
-        ]
-        for layer in layers:
-            if isinstance(layer, keras.layers.Bidirectional):
-                return (
-                    f"the model has a Bidirectional layer '{layer.name}' (its "
-                    f"backward half reads each sequence from its end); {why}"
-                )
-        if len(recurrent) != 1:
-            names = ", ".join(f"'{layer.name}'" for layer in recurrent)
-            return f"the model has {len(recurrent)} recurrent layers ({names}); {why}"
-        rnn = recurrent[0]
-        if rnn not in layers or not isinstance(rnn.cell, GatedCell):
-            return (
-                f"the recurrent layer '{rnn.name}' is not a keras_gates layer at the "
-                f"top level of the model (it is wrapped, nested or stacked); {why}"
-            )
-        for flag in ("go_backwards", "return_state"):
-            if getattr(rnn, flag):
-                return f"the recurrent layer '{rnn.name}' has {flag}=True; {why}"
-        position = layers.index(rnn)
-        self.rnn = rnn
-        self.cell = rnn.cell
-        self.pre = layers[:position]
-        self.post = layers[position + 1 :]
-        self.step_pre = self.pre
-        self.step_dtype = self.input_dtype
-        if self.kind == "text":
-            if not self.pre or self.pre[0] is not self.vectorizer:
-                return (
-                    "the string input does not go through a TextVectorization "
-                    f"first; {why}"
-                )
-            self.step_pre = self.pre[1:]
-            self.step_dtype = "int64"  # TextVectorization's output
-        state_size = self.cell.state_size
-        two_states = isinstance(state_size, (list, tuple)) and len(state_size) == 2
-        self.state_names = ("h", "s") if two_states else ("s",)
-        return self._check_chain()
+@dataclass(frozen=True)
+class Description:
+    """What `describe` found: everything export, proofs and warmup need.
 
-    # -- the graph pieces ---------------------------------------------------- #
+    Attributes:
+        model: The keras.Model.
+        kind: "float", "tokens" or "text".
+        input_name: The signatures' sequence input name ("inputs", "tokens",
+            "text").
+        input_dtype: Its dtype ("float32" for float models whatever their
+            compute dtype).
+        input_shape: The model's input shape (batch first).
+        time_steps: The model's fixed sequence length, or None (dynamic).
+        features: The feature size of a float input, else None.
+        vocabulary_size: The token range of an Embedding or TextVectorization.
+        sample_words: Words from the TextVectorization's vocabulary.
+        padding_token: The token id the model masks (Embedding(mask_zero=True):
+            0), or None.
+        mask_value: A float model's Masking value, or None.
+        gated: The model's keras_gates layers (anywhere in it).
+        chain: The `Chain`, or None.
+        chain_reason: Why the model is not a chain (None for a chain).
+        vectorizer: The TextVectorization layer, if any.
+    """
 
-    def _features(self, x, mask=None, layers=None):
-        """Run preprocessing layers, tracking the mask they compute."""
-        for layer in self.pre if layers is None else layers:
-            y = layer(x)
-            mask = layer.compute_mask(x, mask)
-            x = y
-        return x, mask
+    model: Any
+    kind: str
+    input_name: str
+    input_dtype: str
+    input_shape: tuple
+    time_steps: int | None
+    features: int | None
+    vocabulary_size: int | None
+    sample_words: tuple[str, ...]
+    padding_token: int | None
+    mask_value: float | None
+    gated: tuple
+    chain: Chain | None
+    chain_reason: str | None
+    vectorizer: Any = field(default=None, repr=False)
 
-    def _head(self, y):
-        for layer in self.post:
-            y = layer(y)
-        return y
-
-    def _text_input(self, text):
-        import tensorflow as tf
-
-        if len(self.input_shape) == 2:  # model takes (batch, 1)
-            return tf.expand_dims(text, -1)
-        return text
-
-    def sequence(self, x, lengths=None):
-        """serving_default / with_lengths: the model's output, float32."""
-        if self.chain:
-            return as_float32(self._chain_sequence(x, lengths))
-        return as_float32(self._model_sequence(x, lengths))
-
-    def _model_sequence(self, x, lengths=None):
-        """The whole model; with `lengths`, the padding is first set to token 0
-        (which the model's Embedding(mask_zero=True) masks)."""
-        import tensorflow as tf
-
-        if self.kind == "text":
-            x = self._text_input(x)
-        if lengths is not None:
-            real = tf.sequence_mask(lengths, maxlen=tf.shape(x)[1])
-            x = tf.where(real, x, tf.zeros_like(x))
-        return self.model(x, training=False)
-
-    def _chain_sequence(self, x, lengths=None):
-        import tensorflow as tf
-
-        if self.kind == "text":
-            x = self._text_input(x)
-        features, mask = self._features(x)
-        if lengths is not None:
-            # The lengths, not the padding value, say which steps are real.
-            mask = tf.sequence_mask(lengths, maxlen=tf.shape(features)[1])
-        y = self.rnn(features, mask=mask, training=False)
-        return self._head(y)
-
-    def step(self, x_t, states):
-        """One step: x_t and the previous states (float32) -> output and new
-        states (float32). The cell runs in its compute dtype (float16 under a
-        mixed-precision policy): called as a layer, so Keras autocasts."""
-        import tensorflow as tf
-
-        features, mask = self._features(x_t[:, None], layers=self.step_pre)
-        dtype = self.cell.compute_dtype
-        x_t = tf.cast(features[:, 0], dtype)  # (batch, features)
-        states = [tf.cast(state, dtype) for state in states]
-        out, new_states = self.cell(x_t, states, training=False)[:2]
-        new_states = list(new_states) if isinstance(new_states, list) else [new_states]
-        if mask is not None:
-            # A masked step leaves the state (and so the output) unchanged, as
-            # keras.layers.RNN does.
-            keep = tf.cast(mask[:, 0:1], "bool")
-            new_states = [
-                tf.where(keep, new, old) for new, old in zip(new_states, states)
-            ]
-            out = new_states[0]
-        if self.rnn.return_sequences:
-            y = self._head(out[:, None])[:, 0]
-        else:
-            y = self._head(out)
-        return as_float32(y), [as_float32(state) for state in new_states]
-
-    def gates(self, x):
-        """Every gate at every step, {name: (batch, time, units)} float32, and
-        `mask` (batch, time): the layer's own numbers
-        (`keras_gates.introspection.gate_sequences`). At masked steps `s`/`h`
-        carry the state and the gates read 0 (JSON has no NaN)."""
-        import tensorflow as tf
-
-        from keras_gates.introspection import gate_sequences
-
-        if self.kind == "text":
-            x = self._text_input(x)
-        features, mask = self._features(x)
-        traces = gate_sequences(self.rnn, features, mask=mask, masked_value=0.0)
-        result = {name: as_float32(value) for name, value in traces.items()}
-        if mask is None:
-            mask = tf.ones(tf.shape(features)[:2], "bool")
-        result["mask"] = tf.cast(mask, tf.float32)
-        return result
-
-    # -- signatures ---------------------------------------------------------- #
-
-    def sequence_spec(self):
-        import tensorflow as tf
-
-        if self.kind == "text":
-            return tf.TensorSpec((None,), tf.string, name="text")
-        if self.kind == "tokens":
-            return tf.TensorSpec((None, None), self.input_dtype, name="tokens")
-        features = self.input_shape[-1]
-        return tf.TensorSpec((None, None, features), self.input_dtype, name="inputs")
-
-    def step_input_spec(self):
-        import tensorflow as tf
-
-        if self.kind == "float":
-            return tf.TensorSpec((None, self.input_shape[-1]), self.input_dtype)
-        return tf.TensorSpec((None,), self.step_dtype)
-
-    def add_endpoints(self, archive) -> dict[str, dict[str, Any]]:
-        """Add every signature to `archive`; returns their description."""
-        import tensorflow as tf
-
-        sequence_spec = self.sequence_spec()
-        name = self.input_name
-        described = {}
-
-        # Python argument names become the signature's input names.
-        if self.kind == "text":
-
-            def serve(text):
-                return {"outputs": self.sequence(text)}
-
-            def gates(text):
-                return self.gates(text)
-
-        elif self.kind == "tokens":
-
-            def serve(tokens):
-                return {"outputs": self.sequence(tokens)}
-
-            def gates(tokens):
-                return self.gates(tokens)
-
-        else:
-
-            def serve(inputs):
-                return {"outputs": self.sequence(inputs)}
-
-            def gates(inputs):
-                return self.gates(inputs)
-
-        archive.add_endpoint("serving_default", serve, [sequence_spec])
-        described["serving_default"] = {"inputs": [name], "outputs": ["outputs"]}
-
-        if self.kind == "tokens" and "with_lengths" not in self.omitted:
-
-            def with_lengths(tokens, lengths):
-                return {"outputs": self.sequence(tokens, lengths)}
-
-            archive.add_endpoint(
-                "with_lengths",
-                with_lengths,
-                [sequence_spec, tf.TensorSpec((None,), tf.int32, name="lengths")],
-            )
-            described["with_lengths"] = {
-                "inputs": ["tokens", "lengths"],
-                "outputs": ["outputs"],
-            }
-
-        if not self.chain:
-            return described
-        units = self.cell.units
-        # float32 whatever the compute dtype: step casts in and out.
-        state_spec = tf.TensorSpec((None, units), tf.float32)
-        step_name = "inputs" if self.kind == "float" else "tokens"
-        if self.state_names == ("h", "s"):
-            if self.kind == "float":
-
-                def step(inputs, h, s):
-                    y, (h_t, s_t) = self.step(inputs, [h, s])
-                    return {"outputs": y, "h": h_t, "s": s_t}
-
-            else:
-
-                def step(tokens, h, s):
-                    y, (h_t, s_t) = self.step(tokens, [h, s])
-                    return {"outputs": y, "h": h_t, "s": s_t}
-
-            step_specs = [self.step_input_spec(), state_spec, state_spec]
-        else:
-            if self.kind == "float":
-
-                def step(inputs, s):
-                    y, (s_t,) = self.step(inputs, [s])
-                    return {"outputs": y, "s": s_t}
-
-            else:
-
-                def step(tokens, s):
-                    y, (s_t,) = self.step(tokens, [s])
-                    return {"outputs": y, "s": s_t}
-
-            step_specs = [self.step_input_spec(), state_spec]
-        archive.add_endpoint("step", step, step_specs)
-        described["step"] = {
-            "inputs": [step_name, *self.state_names],
-            "outputs": ["outputs", *self.state_names],
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-able facts the loader child needs to feed the export."""
+        chain = self.chain
+        return {
+            "kind": self.kind,
+            "input_name": self.input_name,
+            "input_dtype": self.input_dtype,
+            "time_steps": self.time_steps,
+            "features": self.features,
+            "vocabulary_size": self.vocabulary_size,
+            "sample_words": list(self.sample_words),
+            "padding_token": self.padding_token,
+            "mask_value": self.mask_value,
+            "structure": "chain" if chain else "graph",
+            "cell": type(chain.cell).__name__ if chain else None,
+            "units": int(chain.cell.units) if chain else None,
+            "states": list(chain.state_names) if chain else [],
+            "return_sequences": bool(chain.rnn.return_sequences) if chain else None,
+            "recurrent_layers": [
+                {
+                    "name": layer.name,
+                    "cell": type(layer.cell).__name__,
+                    "units": int(getattr(layer.cell, "units", 0)) or None,
+                    "go_backwards": bool(layer.go_backwards),
+                    "return_sequences": bool(layer.return_sequences),
+                }
+                for layer in self.gated
+            ],
         }
 
-        archive.add_endpoint("gates", gates, [sequence_spec])
-        described["gates"] = {"inputs": [name], "outputs": None}
-        return described
 
-    def describe_recurrent(self) -> list[dict[str, Any]]:
-        """The model's gated RNN layers, for the export's metadata."""
-        return [
-            {
-                "name": layer.name,
-                "cell": type(layer.cell).__name__,
-                "units": int(getattr(layer.cell, "units", 0)) or None,
-                "go_backwards": bool(layer.go_backwards),
-                "return_sequences": bool(layer.return_sequences),
-            }
-            for layer in self.gated
-        ]
+def describe(model: Any) -> Description:
+    """What `model` is, for serving.
 
-    # -- sample requests ----------------------------------------------------- #
+    Args:
+        model: A built keras.Model with one input, one output tensor and
+            keras_gates layers, none of them stateful.
 
-    def vocabulary_size(self) -> int | None:
-        if self.embedding is not None:
-            return int(self.embedding.input_dim)
-        if self.vectorizer is not None:
-            return int(self.vectorizer.vocabulary_size())
-        return None
+    Returns:
+        A frozen `Description`.
 
-    def sample_words(self, count: int = 20) -> list[str]:
-        if self.vectorizer is None:
-            return []
-        vocabulary = [str(w) for w in self.vectorizer.get_vocabulary()]
+    Raises:
+        TypeError, ValueError: The model cannot be served; the message says why.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`model` must be a keras.Model; received {type(model).__name__}."
+        )
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        raise ValueError(
+            "`model` must be a built model with one input (use keras.Input); "
+            f"received inputs {[tuple(i.shape) for i in inputs or []]}."
+        )
+    try:
+        output = model.output  # the structure: a tensor, a list, a dict
+    except AttributeError:  # a Sequential model keeps only `outputs`
+        output = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    if not hasattr(output, "shape") or len(model.outputs) != 1:
+        structure = (
+            f"a dict with keys {sorted(output)}"
+            if isinstance(output, dict)
+            else f"a {type(output).__name__} of {len(model.outputs)} tensors"
+        )
+        raise ValueError(
+            "`model` must have one output tensor (the signatures return it as "
+            f"`outputs`); received {structure}. Build the model with "
+            "outputs=<one tensor>, or export each output as its own model."
+        )
+    every = sublayers(model)
+    recurrent = [layer for layer in every if isinstance(layer, keras.layers.RNN)]
+    gated = [layer for layer in recurrent if is_gated(layer)]
+    if not gated:
+        raise ValueError(
+            "`model` must contain a keras_gates.LSTM or keras_gates.GRU layer "
+            "(or keras.layers.RNN over a keras_gates cell, alone or inside "
+            "Bidirectional); received layers "
+            f"{[type(layer).__name__ for layer in every]}."
+        )
+    for layer in recurrent + [
+        w for w in every if isinstance(w, keras.layers.Bidirectional)
+    ]:
+        if getattr(layer, "stateful", False):
+            raise ValueError(
+                f"`model`: the recurrent layer '{layer.name}' has stateful=True; "
+                "a servable export needs stateful=False (TF Serving keeps no "
+                "state: stream with the `step` signature instead)."
+            )
+
+    spec = inputs[0]
+    dtype = keras.backend.standardize_dtype(spec.dtype)
+    input_shape = tuple(spec.shape)
+    vectorizers = [
+        layer for layer in every if isinstance(layer, keras.layers.TextVectorization)
+    ]
+    vectorizer = vectorizers[0] if vectorizers else None
+    if dtype == "string":
+        kind, input_name, input_dtype = "text", "text", "string"
+        if vectorizer is None or len(input_shape) not in (1, 2):
+            raise ValueError(
+                "`model`: a string input must be (batch,) or (batch, 1) and go "
+                "through a keras.layers.TextVectorization; received shape "
+                f"{input_shape} and layers {[type(x).__name__ for x in every]}."
+            )
+    elif "int" in dtype:
+        kind, input_name, input_dtype = "tokens", "tokens", dtype
+        if len(input_shape) != 2:
+            raise ValueError(
+                "`model`: a token input must be (batch, time); received shape "
+                f"{input_shape}."
+            )
+    elif "float" in dtype:
+        # float32 whatever the model's input or compute dtype; the layers cast.
+        kind, input_name, input_dtype = "float", "inputs", "float32"
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "`model`: a float input must be (batch, time, features) with a "
+                f"known feature size; received shape {input_shape}."
+            )
+    else:
+        raise TypeError(
+            f"`model`: input dtype must be float, int or string; received {dtype}."
+        )
+    time_steps = input_shape[1] if kind != "text" else None
+    for layer in recurrent:
+        if getattr(layer, "unroll", False) and time_steps is None:
+            raise ValueError(
+                f"`model`: the recurrent layer '{layer.name}' has unroll=True, "
+                "which needs a fixed sequence length, and the model's input has "
+                f"shape {input_shape} (time None). Give keras.Input a fixed "
+                "length (the export then takes that length) or use unroll=False."
+            )
+
+    embedding = next(
+        (layer for layer in every if isinstance(layer, keras.layers.Embedding)),
+        None,
+    )
+    masking = next(
+        (layer for layer in every if isinstance(layer, keras.layers.Masking)), None
+    )
+    vocabulary_size = None
+    if embedding is not None:
+        vocabulary_size = int(embedding.input_dim)
+    elif vectorizer is not None:
+        vocabulary_size = int(vectorizer.vocabulary_size())
+    sample_words: tuple[str, ...] = ()
+    if vectorizer is not None:
+        vocabulary = [str(w) for w in vectorizer.get_vocabulary()]
         words = [w for w in vocabulary[2:] if w.strip()]  # skip "" and [UNK]
-        return words[:count] or ["text"]
+        sample_words = tuple(words[:20] or ["text"])
+    chain, chain_reason = _chain(model, kind, input_dtype, recurrent, vectorizer)
+    return Description(
+        model=model,
+        kind=kind,
+        input_name=input_name,
+        input_dtype=input_dtype,
+        input_shape=input_shape,
+        time_steps=time_steps,
+        features=input_shape[-1] if kind == "float" else None,
+        vocabulary_size=vocabulary_size,
+        sample_words=sample_words,
+        padding_token=(0 if embedding is not None and embedding.mask_zero else None),
+        mask_value=float(masking.mask_value) if masking is not None else None,
+        gated=tuple(gated),
+        chain=chain,
+        chain_reason=chain_reason,
+        vectorizer=vectorizer,
+    )
 
-    def sample_sequence(self, batch: int, time: int, seed: int = 0) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        if self.kind == "text":
-            words = self.sample_words()
-            return np.array(
-                [" ".join(rng.choice(words, size=time)) for _ in range(batch)],
-                dtype=object,
+
+def _chain(model, kind, input_dtype, recurrent, vectorizer):
+    """(Chain, None) for a chain around one forward gated RNN, else (None, why)."""
+    from keras_gates.base import GatedCell
+
+    # `step` and `gates` run one recurrent cell forward in time, step by step.
+    why = "`step` and `gates` follow one forward cell step by step"
+    layers = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    for layer in layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            return None, (
+                f"the model has a Bidirectional layer '{layer.name}' (its "
+                f"backward half reads each sequence from its end); {why}"
             )
-        if self.kind == "tokens":
-            high = max(2, min(self.vocabulary_size() or 2, 1000))
-            return rng.integers(1, high, size=(batch, time)).astype(self.input_dtype)
-        features = self.input_shape[-1]
-        return rng.normal(size=(batch, time, features)).astype(self.input_dtype)
+    if len(recurrent) != 1:
+        names = ", ".join(f"'{layer.name}'" for layer in recurrent)
+        return None, (
+            f"the model has {len(recurrent)} recurrent layers ({names}); {why}"
+        )
+    rnn = recurrent[0]
+    if rnn not in layers or not isinstance(rnn.cell, GatedCell):
+        return None, (
+            f"the recurrent layer '{rnn.name}' is not a keras_gates layer at the "
+            f"top level of the model (it is wrapped, nested or stacked); {why}"
+        )
+    for flag in ("go_backwards", "return_state"):
+        if getattr(rnn, flag):
+            return None, f"the recurrent layer '{rnn.name}' has {flag}=True; {why}"
+    if not _is_sequential_path(model, layers):
+        return None, (
+            "the model's layers do not form one path (a branch or a skip "
+            f"connection); {why}"
+        )
+    position = layers.index(rnn)
+    pre, post = tuple(layers[:position]), tuple(layers[position + 1 :])
+    step_pre, step_dtype = pre, input_dtype
+    if kind == "text":
+        if not pre or pre[0] is not vectorizer:
+            return None, (
+                f"the string input does not go through a TextVectorization first; {why}"
+            )
+        step_pre, step_dtype = pre[1:], "int64"  # TextVectorization's output
+    reasons = [per_step_reason(layer) for layer in step_pre]
+    per_step_pre = not any(reasons)
+    step_reason = None
+    if not per_step_pre:
+        step_reason = next(r for r in reasons if r) + " before the recurrent layer"
+    elif rnn.return_sequences:
+        head = [per_step_reason(layer) for layer in post]
+        if any(head):
+            step_reason = (
+                next(r for r in head if r)
+                + " after the recurrent layer (which returns sequences)"
+            )
+    if step_reason is not None:
+        step_reason += "; `step` streams one step at a time"
+    two_states = (
+        len(rnn.cell.state_size) == 2 if _is_list(rnn.cell.state_size) else False
+    )
+    return (
+        Chain(
+            pre=pre,
+            rnn=rnn,
+            post=post,
+            step_pre=step_pre,
+            step_dtype=step_dtype,
+            state_names=("h", "s") if two_states else ("s",),
+            gate_names=gate_names(rnn),
+            step_reason=step_reason,
+            per_step_pre=per_step_pre,
+        ),
+        None,
+    )
 
-    def _check_chain(self) -> str | None:
-        """None if the chain computes exactly what the model computes."""
-        x = self.sample_sequence(2, 3, seed=7)
-        if self.kind == "text":
-            x = x.astype(str)
-            if len(self.input_shape) == 2:
-                x = x[:, None]
-        want = keras.ops.convert_to_numpy(self.model(x, training=False))
-        if self.kind == "text":
-            x = x.reshape(-1)
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _is_sequential_path(model, layers) -> bool:
+    """Each layer takes exactly the previous layer's output (public graph API)."""
+    if isinstance(model, keras.Sequential):
+        return True
+    previous = model.inputs[0]
+    for layer in layers:
         try:
-            got = keras.ops.convert_to_numpy(self._chain_sequence(x))
-        except Exception as error:  # a branch: the layers do not chain at all
-            return (
-                "running the model's layers in order fails (a branch or a skip "
-                f"connection?): {type(error).__name__}: {str(error)[:200]}"
-            )
-        if want.shape != got.shape or not np.allclose(
-            want, got, atol=1e-5, rtol=1e-5, equal_nan=True
-        ):
-            difference = (
-                np.max(np.abs(want - got))
-                if want.shape == got.shape
-                else f"shapes {want.shape} vs {got.shape}"
-            )
-            return (
-                "running the model's layers in order gives another output than the "
-                f"model (a branch or a skip connection?; max difference {difference})"
-            )
-        return None
-
-    def _lengths_reason(self) -> str | None:
-        """None if `with_lengths` (padding set to token 0) is exact, else why not.
-
-        Rows of lengths 6, 3, 1 padded as server-side batching pads (with the
-        batch's first element, then with another token) must give, on their
-        real steps, what the model gives on the unpadded rows.
-        """
-        import tensorflow as tf
-
-        lengths = np.array([6, 3, 1], np.int32)
-        x = self.sample_sequence(len(lengths), int(lengths.max()), seed=11)
-        want = [
-            keras.ops.convert_to_numpy(
-                self.model(x[row : row + 1, :length], training=False)
-            )[0]
-            for row, length in enumerate(lengths)
-        ]
-        worst = 0.0
-        for fill in sorted({int(x[0, 0]), 1}):  # 1: a token whatever the vocabulary
-            padded = x.copy()
-            for row, length in enumerate(lengths):
-                padded[row, length:] = fill
-            got = keras.ops.convert_to_numpy(
-                self._model_sequence(tf.constant(padded), tf.constant(lengths))
-            )
-            for row, length in enumerate(lengths):
-                real = want[row]
-                served = got[row]
-                if real.ndim and served.ndim and real.shape[0] == length:
-                    served = served[:length]  # one output per step: the real ones
-                if served.shape != real.shape:
-                    return (
-                        "the model's output does not follow the sequence length "
-                        f"(shape {served.shape} padded vs {real.shape} unpadded)"
-                    )
-                scale = max(1.0, float(np.max(np.abs(real), initial=0.0)))
-                worst = max(worst, float(np.max(np.abs(served - real), initial=0)))
-                if worst > 1e-5 * scale:
-                    return (
-                        "padding set to token 0 still changes the output on the "
-                        f"real steps (max difference {worst:.2g}): the model does "
-                        "not mask token 0 (read the tokens with "
-                        "Embedding(mask_zero=True))"
-                    )
-        return None
+            if layer.input is not previous:
+                return False
+            previous = layer.output
+        except (AttributeError, ValueError):  # a layer called several times
+            return False
+    return previous is model.outputs[0]

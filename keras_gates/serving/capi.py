@@ -15,18 +15,56 @@ from pathlib import Path
 
 import numpy as np
 
-TF_DTYPES = {  # TF_DataType -> numpy dtype (strings handled apart)
-    1: np.float32,
-    2: np.float64,
-    3: np.int32,
-    4: np.uint8,
-    5: np.int16,
-    6: np.int8,
-    9: np.int64,
-    10: np.bool_,
-    19: np.float16,
+# The numpy dtype of each tensorflow.DataType handled here, by enum name; the
+# numbers (TF_DataType in the C API, which uses the same values) are read from
+# types.proto by `DataTypes`.
+_NUMPY = {
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_INT32": np.int32,
+    "DT_UINT8": np.uint8,
+    "DT_INT16": np.int16,
+    "DT_INT8": np.int8,
+    "DT_INT64": np.int64,
+    "DT_BOOL": np.bool_,
+    "DT_HALF": np.float16,
+    "DT_UINT16": np.uint16,
+    "DT_UINT32": np.uint32,
+    "DT_UINT64": np.uint64,
 }
-TF_STRING = 7
+# Which TensorProto field holds a dtype's values when not in tensor_content.
+_VALUE_FIELD = {
+    "DT_FLOAT": "float_val",
+    "DT_DOUBLE": "double_val",
+    "DT_INT32": "int_val",
+    "DT_UINT8": "int_val",
+    "DT_INT16": "int_val",
+    "DT_INT8": "int_val",
+    "DT_INT64": "int64_val",
+    "DT_BOOL": "bool_val",
+    "DT_HALF": "half_val",
+    "DT_UINT16": "int_val",
+    "DT_UINT32": "uint32_val",
+    "DT_UINT64": "uint64_val",
+    "DT_STRING": "string_val",
+}
+
+
+class DataTypes:
+    """tensorflow.DataType codes <-> numpy dtypes, from the proto enum."""
+
+    def __init__(self, protos: Protos):
+        protos.load("tensorflow.core.framework.types_pb2")
+        enum = protos.pool.FindEnumTypeByName("tensorflow.DataType")
+        code = {name: enum.values_by_name[name].number for name in _VALUE_FIELD}
+        self.string = code["DT_STRING"]
+        self.half = code["DT_HALF"]
+        self.numpy = {code[name]: np.dtype(dtype) for name, dtype in _NUMPY.items()}
+        self.codes = {dtype: number for number, dtype in self.numpy.items()}
+        self.integers = {c for c, d in self.numpy.items() if d.kind in "iu"}
+        self.field = {code[name]: field for name, field in _VALUE_FIELD.items()}
+
+
 TSTRING_SIZE = 24  # sizeof(TF_TString)
 
 
@@ -111,10 +149,11 @@ class Protos:
 class CApi:
     """The TensorFlow C API of the installed wheel, through ctypes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, dtypes: DataTypes):
         import ctypes
 
         self.ct = ctypes
+        self.dtypes = dtypes
         flags = os.RTLD_LAZY | os.RTLD_LOCAL
         framework = ctypes.CDLL(str(root / "libtensorflow_framework.so.2"), mode=flags)
         cc = ctypes.CDLL(str(root / "libtensorflow_cc.so.2"), mode=flags)
@@ -206,7 +245,7 @@ class CApi:
                 for v in value.reshape(-1)
             ]
             handle = self.TF_AllocateTensor(
-                TF_STRING, dims, value.ndim, TSTRING_SIZE * len(items)
+                self.dtypes.string, dims, value.ndim, TSTRING_SIZE * len(items)
             )
             base = self.TF_TensorData(handle)
             for index, item in enumerate(items):
@@ -214,7 +253,7 @@ class CApi:
                 self.TF_StringInit(slot)
                 self.TF_StringCopy(slot, item, len(item))
             return handle
-        codes = {np.dtype(v): k for k, v in TF_DTYPES.items()}
+        codes = self.dtypes.codes
         value = np.ascontiguousarray(value)
         if value.dtype not in codes:
             raise TypeError(f"unsupported input dtype {value.dtype}")
@@ -229,7 +268,7 @@ class CApi:
         shape = tuple(self.TF_Dim(handle, i) for i in range(self.TF_NumDims(handle)))
         dtype = self.TF_TensorType(handle)
         data = self.TF_TensorData(handle)
-        if dtype == TF_STRING:
+        if dtype == self.dtypes.string:
             count = int(np.prod(shape, dtype=np.int64))
             items = []
             for index in range(count):
@@ -240,25 +279,28 @@ class CApi:
                     )
                 )
             return np.array(items, dtype=bytes).reshape(shape)
-        if dtype not in TF_DTYPES:
+        if dtype not in self.dtypes.numpy:
             raise TypeError(f"unsupported output TF_DataType {dtype}")
         size = self.TF_TensorByteSize(handle)
         raw = ct.string_at(data, size)
-        return np.frombuffer(raw, dtype=TF_DTYPES[dtype]).reshape(shape).copy()
+        return np.frombuffer(raw, dtype=self.dtypes.numpy[dtype]).reshape(shape).copy()
 
 
 class Session:
     """A session loaded by tensorflow::LoadSavedModel, and its signatures."""
 
-    def __init__(self, tf: CApi, export_dir: Path, signatures):
+    def __init__(self, tf: CApi, protos: Protos, export_dir: Path, signatures):
         self.tf = tf
+        self.runs = 0  # successful runs, counted by the callers
         self.signatures = signatures
         ct = tf.ct
         status = tf.TF_NewStatus()
         self.status = status
         options = tf.TF_NewSessionOptions()
-        # ConfigProto{intra_op_parallelism_threads: 2, inter_op_parallelism_threads: 2}
-        config = bytes([0x10, 2, 0x28, 2])
+        protos.load("tensorflow.core.protobuf.config_pb2")
+        config = protos.message("tensorflow.ConfigProto")(
+            intra_op_parallelism_threads=2, inter_op_parallelism_threads=2
+        ).SerializeToString()
         tf.TF_SetConfig(options, config, len(config), status)
         tf.check(status, "TF_SetConfig")
         self.graph = tf.TF_NewGraph()
@@ -394,33 +436,24 @@ def read_tfrecords(path: str | os.PathLike) -> list[bytes]:
     return records
 
 
-def from_tensor_proto(proto) -> np.ndarray:
+def from_tensor_proto(proto, dtypes: DataTypes) -> np.ndarray:
+    """A TensorProto (e.g. of a warmup request) as a NumPy array."""
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     count = int(np.prod(shape, dtype=np.int64))
-    if proto.dtype == TF_STRING:
+    if proto.dtype == dtypes.string:
         values = list(proto.string_val)
         dtype = bytes
     else:
-        if proto.dtype not in TF_DTYPES:
+        if proto.dtype not in dtypes.numpy:
             raise TypeError(f"unsupported TensorProto dtype {proto.dtype}")
-        dtype = TF_DTYPES[proto.dtype]
+        dtype = dtypes.numpy[proto.dtype]
         if proto.tensor_content:
             return (
                 np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
             )
-        fields = {
-            1: proto.float_val,
-            2: proto.double_val,
-            9: proto.int64_val,
-            10: proto.bool_val,
-            19: proto.half_val,
-        }
-        values = list(fields.get(proto.dtype, proto.int_val))
-        if proto.dtype == 19:
+        values = list(getattr(proto, dtypes.field[proto.dtype]))
+        if proto.dtype == dtypes.half:  # half_val holds the raw 16 bits
             values = np.array(values, np.uint16).view(np.float16).tolist()
     if len(values) < count:  # TF repeats the last value to fill the shape
         values = values + [values[-1] if values else dtype()] * (count - len(values))
     return np.array(values, dtype=dtype).reshape(shape)
-
-
-# -- inputs for a signature --------------------------------------------------- #

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_gates.serving import samples
 from keras_gates.serving.capi import (
-    TF_DTYPES,
-    TF_STRING,
     CApi,
+    DataTypes,
     Protos,
     Session,
     from_tensor_proto,
@@ -73,34 +73,41 @@ class Report:
         return "\n".join(lines)
 
 
-def _sample_inputs(definition, batch: int, time: int, metadata: dict, seed: int):
+def sample_feeds(
+    definition, batch: int, time: int, metadata: dict, seed: int, dtypes: DataTypes
+) -> dict[str, np.ndarray]:
+    """Inputs for one run of a signature: the export's own sample sequences
+    (`keras_gates.serving.samples`, as at export) where its metadata describes
+    the input, else random values of the declared dtype and shape."""
     rng = np.random.default_rng(seed)
+    sequence_rank = {"float": 3, "tokens": 2, "text": 1}.get(metadata.get("kind"))
     feeds = {}
-    words = metadata.get("sample_words") or ["hello", "world", "gates"]
-    vocabulary = metadata.get("vocabulary_size") or 2
     for name, info in sorted(definition.inputs.items()):
         dims = [d.size for d in info.tensor_shape.dim]
-        shape = []
-        for axis, size in enumerate(dims):
-            shape.append(batch if axis == 0 else time if size < 0 else size)
-        if info.dtype == TF_STRING:
+        shape = tuple(
+            batch if axis == 0 else time if size < 0 else size
+            for axis, size in enumerate(dims)
+        )
+        dtype = dtypes.numpy.get(info.dtype)
+        if name == metadata.get("input_name") and len(shape) == sequence_rank:
+            feeds[name] = samples.sequence(metadata, batch, time, seed, dtype=dtype)
+            if feeds[name].dtype == object:
+                feeds[name] = feeds[name].astype(str)
+        elif info.dtype == dtypes.string:
+            words = metadata.get("sample_words") or ["hello", "world", "gates"]
+            count = int(np.prod(shape))
             feeds[name] = np.array(
-                [
-                    " ".join(rng.choice(words, size=time))
-                    for _ in range(int(np.prod(shape)))
-                ]
+                [" ".join(rng.choice(words, size=time)) for _ in range(count)]
             ).reshape(shape)
-        elif info.dtype in (3, 9) and name == "lengths":
+        elif info.dtype in dtypes.integers and name == "lengths":
             lengths = rng.integers(1, time + 1, size=shape)
             lengths[..., 0] = time
-            feeds[name] = lengths.astype(TF_DTYPES[info.dtype])
-        elif info.dtype in (3, 9):
-            high = max(2, min(int(vocabulary), 1000))
-            feeds[name] = rng.integers(1, high, size=shape).astype(
-                TF_DTYPES[info.dtype]
-            )
-        elif info.dtype in TF_DTYPES:
-            feeds[name] = rng.normal(size=shape).astype(TF_DTYPES[info.dtype])
+            feeds[name] = lengths.astype(dtype)
+        elif info.dtype in dtypes.integers:
+            # token ids, within the model's vocabulary whatever the dtype
+            feeds[name] = samples.tokens(metadata, shape, seed, dtype)
+        elif dtype is not None:
+            feeds[name] = rng.normal(size=shape).astype(dtype)
         else:
             raise TypeError(f"input {name!r} has unsupported dtype {info.dtype}")
     return feeds
@@ -109,7 +116,7 @@ def _sample_inputs(definition, batch: int, time: int, metadata: dict, seed: int)
 VARIABLE_OPS = {"VarHandleOp", "VariableV2", "Variable", "RestoreV2"}
 
 
-def _files_check(export_dir: Path, meta) -> tuple[str, bool, str]:
+def check_files(export_dir: Path, meta) -> tuple[str, bool, str]:
     """The SavedModel's files: saved_model.pb, and the variables it restores.
 
     The server restores variables from variables/variables.index and its
@@ -147,88 +154,51 @@ def _files_check(export_dir: Path, meta) -> tuple[str, bool, str]:
     )
 
 
-def _child(job: dict) -> dict:
-    # OpenSSL symbols: Python's hashlib and NumPy's random must be loaded
-    # before the TF libraries (SPEC §3).
-    import hashlib  # noqa: F401
-    import importlib.util
-
-    import numpy.random  # noqa: F401
-
-    report = Report(job["saved_model"])
-    export_dir = Path(job["saved_model"])
-    served: dict[str, np.ndarray] = {}
-
-    def finish():
-        report.add(
-            "the loader process imported no tensorflow Python module",
-            not any(
-                m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules
-            ),
-        )
-        if job.get("out"):
-            np.savez(job["out"], **served)
-        return {"checks": report.checks, "runs": report.runs}
-
-    protos = Protos()
-    protos.load("tensorflow.core.protobuf.saved_model_pb2")
-    protos.load("tensorflow.core.framework.op_def_pb2")
-    saved = protos.message("tensorflow.SavedModel").FromString(
-        (export_dir / "saved_model.pb").read_bytes()
+def check_signatures(signatures: dict, metadata: dict, dtypes: DataTypes):
+    """serving_default exists; every signature has named inputs and outputs
+    with a dynamic batch (and time, unless the model takes a fixed length)."""
+    default = signatures.get("serving_default")
+    yield (
+        "a 'serving_default' signature with method tensorflow/serving/predict",
+        default is not None and default.method_name == "tensorflow/serving/predict",
+        f"signatures: {sorted(signatures)}"
+        + (f"; method {default.method_name!r}" if default is not None else ""),
     )
-    metas = [m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags]
-    report.add(*_files_check(export_dir, metas[0] if metas else None))
-    if not metas:
-        report.add("a meta graph tagged 'serve'", False, "none in saved_model.pb")
-        return finish()
-    meta = metas[0]
-    signatures = dict(meta.signature_def)
-    metadata = {}
-    if (export_dir / METADATA_PATH).is_file():
-        metadata = json.loads((export_dir / METADATA_PATH).read_text())
-
-    if job["check"]:
-        default = signatures.get("serving_default")
-        report.add(
-            "a 'serving_default' signature with method tensorflow/serving/predict",
-            default is not None and default.method_name == "tensorflow/serving/predict",
-            f"signatures: {sorted(signatures)}"
-            + (f"; method {default.method_name!r}" if default is not None else ""),
-        )
-        problems = []
-        for name, definition in sorted(signatures.items()):
-            if name.startswith("__"):  # __saved_model_init_op
-                continue
-            for kind, tensors in (
-                ("input", definition.inputs),
-                ("output", definition.outputs),
-            ):
-                for key, info in tensors.items():
-                    if UNNAMED.match(key):
-                        problems.append(f"{name}: unnamed {kind} {key!r}")
-                    dims = [d.size for d in info.tensor_shape.dim]
-                    if info.tensor_shape.unknown_rank:
-                        continue
-                    if kind == "input" and dims and dims[0] != -1:
-                        problems.append(f"{name}: input {key!r} has fixed batch {dims}")
-                    # The time axis: axis 1 of (batch, time, features) floats
-                    # and of (batch, time) token ids.
-                    is_sequence = len(dims) >= 3 or (
-                        len(dims) == 2 and info.dtype in (3, 9) and name != "step"
-                    )
-                    if kind == "input" and is_sequence and dims[1] != -1:
-                        problems.append(f"{name}: input {key!r} has fixed time {dims}")
-        report.add(
-            "named inputs and outputs with dynamic batch and time",
-            not problems,
-            "; ".join(problems[:6]),
-        )
-
-    tf_root = Path(
-        list(importlib.util.find_spec("tensorflow").submodule_search_locations)[0]
+    fixed_time = metadata.get("time_steps")
+    problems = []
+    for name, definition in sorted(signatures.items()):
+        if name.startswith("__"):  # __saved_model_init_op
+            continue
+        for kind, tensors in (
+            ("input", definition.inputs),
+            ("output", definition.outputs),
+        ):
+            for key, info in tensors.items():
+                if UNNAMED.match(key):
+                    problems.append(f"{name}: unnamed {kind} {key!r}")
+                dims = [d.size for d in info.tensor_shape.dim]
+                if info.tensor_shape.unknown_rank or kind != "input":
+                    continue
+                if dims and dims[0] != -1:
+                    problems.append(f"{name}: input {key!r} has fixed batch {dims}")
+                # The time axis: axis 1 of (batch, time, features) floats and
+                # of (batch, time) token ids.
+                is_sequence = len(dims) >= 3 or (
+                    len(dims) == 2 and info.dtype in dtypes.integers and name != "step"
+                )
+                if is_sequence and dims[1] != -1 and dims[1] != fixed_time:
+                    problems.append(f"{name}: input {key!r} has fixed time {dims}")
+    yield (
+        "named inputs and outputs with dynamic batch"
+        + (" and time" if not fixed_time else f" (time fixed at {fixed_time})"),
+        not problems,
+        "; ".join(problems[:6]),
     )
-    tf = CApi(tf_root)
-    op_list = protos.message("tensorflow.OpList").FromString(tf.op_list())
+
+
+def check_ops(meta, capi: CApi, protos: Protos) -> tuple[str, bool, str]:
+    """Every op is registered in the C++ library, none needs Python or a GPU."""
+    op_list = protos.message("tensorflow.OpList").FromString(capi.op_list())
     registered = {op.name for op in op_list.op}
     functions = {f.signature.name for f in meta.graph_def.library.function}
     used = {node.op for node in meta.graph_def.node}
@@ -236,153 +206,229 @@ def _child(job: dict) -> dict:
         used.update(node.op for node in function.node_def)
     forbidden = sorted(used & set(FORBIDDEN_OPS))
     unknown = sorted(used - registered - functions)
-    if job["check"] or forbidden or unknown:
-        report.add(
-            "every op is a registered C++ op that a CPU server can run",
-            not forbidden and not unknown,
-            "; ".join(
-                [f"{op} {FORBIDDEN_OPS[op]}" for op in forbidden]
-                + ([f"not registered: {unknown}"] if unknown else [])
-            )
-            or f"{len(used)} op types, {len(functions)} library functions",
+    return (
+        "every op is a registered C++ op that a CPU server can run",
+        not forbidden and not unknown,
+        "; ".join(
+            [f"{op} {FORBIDDEN_OPS[op]}" for op in forbidden]
+            + ([f"not registered: {unknown}"] if unknown else [])
         )
+        or f"{len(used)} op types, {len(functions)} library functions",
+    )
 
-    try:
-        session = Session(tf, export_dir, signatures)
-    except RuntimeError as error:
-        report.add("TF_LoadSessionFromSavedModel loads it", False, str(error)[:600])
-        return finish()
-    if job["check"]:
-        report.add("TF_LoadSessionFromSavedModel loads it", True)
 
-    try:
-        if not job["check"]:
-            feeds_by_run: dict[int, tuple[str, dict]] = {}
-            with np.load(job["feeds"], allow_pickle=False) as feeds:
-                for key in feeds.files:
-                    index, signature, name = key.split(":", 2)
-                    entry = feeds_by_run.setdefault(int(index), (signature, {}))
-                    entry[1][name] = feeds[key]
-            for key, (source, output) in job.get("links", {}).items():
-                index, signature, name = key.split(":", 2)
-                entry = feeds_by_run.setdefault(int(index), (signature, {}))
-                entry[1][name] = (source, output)
-            results: dict[int, dict[str, np.ndarray]] = {}
-            for index in sorted(feeds_by_run):
-                signature, inputs = feeds_by_run[index]
-                inputs = {
-                    name: results[value[0]][value[1]]
-                    if isinstance(value, tuple)
-                    else value
-                    for name, value in inputs.items()
-                }
+def check_samples(
+    session: Session, signatures: dict, job: dict, metadata: dict, served: dict
+) -> list[tuple[str, bool, str]]:
+    """Every signature at every batch size and length: runs, finite outputs,
+    the batch first. serving_default's feeds and outputs go to `served` (the
+    parent compares them with Keras)."""
+    failures, non_finite, run = [], [], 0
+    dtypes = session.tf.dtypes
+    for name, definition in sorted(signatures.items()):
+        if name.startswith("__"):
+            continue
+        for batch in job["batch_sizes"]:
+            for time in job["time_steps"]:
+                feeds = sample_feeds(definition, batch, time, metadata, run, dtypes)
                 try:
-                    seconds = []
-                    for _ in range(max(1, int(job.get("repeat", 1)))):
-                        started = time_module.perf_counter()
-                        outputs = session.run(signature, inputs)
-                        seconds.append(time_module.perf_counter() - started)
-                    results[index] = outputs
-                    served[f"{index}:__seconds__"] = np.asarray(seconds)
-                except RuntimeError as error:
-                    report.add(
-                        f"request {index} ({signature})", False, str(error)[:600]
+                    outputs = session.run(name, feeds)
+                except (RuntimeError, TypeError) as error:
+                    first_line = str(error).splitlines()[0][:300]
+                    failures.append(
+                        f"{name} at batch {batch}, time {time}: {first_line}"
                     )
-                    return finish()
-                report.runs += 1
-                for name, value in outputs.items():
-                    served[f"{index}:{name}"] = value
-            report.add("every request ran", True, f"{report.runs} requests")
-            return finish()
-
-        failures, non_finite, run = [], [], 0
-        for name, definition in sorted(signatures.items()):
-            if name.startswith("__"):
-                continue
-            for batch in job["batch_sizes"]:
-                for time in job["time_steps"]:
-                    feeds = _sample_inputs(definition, batch, time, metadata, seed=run)
-                    try:
-                        outputs = session.run(name, feeds)
-                    except (RuntimeError, TypeError) as error:
-                        first_line = str(error).splitlines()[0][:300]
+                    continue
+                session.runs += 1
+                for key, value in outputs.items():
+                    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                        non_finite.append(f"{name}.{key} at batch {batch}")
+                    if value.ndim and value.shape[0] != batch:
                         failures.append(
-                            f"{name} at batch {batch}, time {time}: {first_line}"
+                            f"{name}.{key} at batch {batch}: shape {value.shape}"
                         )
-                        continue
-                    report.runs += 1
+                if name == "serving_default":
+                    for key, value in feeds.items():
+                        served[f"feed:{run}:{key}"] = value
                     for key, value in outputs.items():
-                        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-                            non_finite.append(f"{name}.{key} at batch {batch}")
-                        if value.ndim and value.shape[0] != batch:
-                            failures.append(
-                                f"{name}.{key} at batch {batch}: shape {value.shape}"
-                            )
-                    if name == "serving_default":
-                        for key, value in feeds.items():
-                            served[f"feed:{run}:{key}"] = value
-                        for key, value in outputs.items():
-                            served[f"out:{run}:{key}"] = value
-                    run += 1
-        report.add(
+                        served[f"out:{run}:{key}"] = value
+                run += 1
+    return [
+        (
             f"every signature runs at batch {list(job['batch_sizes'])} x time "
             f"{list(job['time_steps'])}",
             not failures,
-            "; ".join(failures[:4])[:900] or f"{report.runs} runs",
-        )
-        report.add(
+            "; ".join(failures[:4])[:900] or f"{session.runs} runs",
+        ),
+        (
             "all outputs are finite",
             not non_finite,
             "non-finite: " + ", ".join(non_finite[:6]) if non_finite else "",
-        )
+        ),
+    ]
 
-        warmup = export_dir / WARMUP_PATH
-        if warmup.is_file():
-            try:
-                protos.load("tensorflow_serving.apis.prediction_log_pb2")
-                log_class = protos.message("tensorflow.serving.PredictionLog")
-                records = read_tfrecords(warmup)
-                problems = []
-                if len(records) > MAX_WARMUP_RECORDS:
-                    problems.append(
-                        f"{len(records)} records; the server reads at most "
-                        f"{MAX_WARMUP_RECORDS}"
-                    )
-                for index, record in enumerate(records[:MAX_WARMUP_RECORDS]):
-                    log = log_class.FromString(record)
-                    if log.WhichOneof("log_type") != "predict_log":
-                        problems.append(f"record {index}: not a predict_log")
-                        continue
-                    request = log.predict_log.request
-                    signature = request.model_spec.signature_name or "serving_default"
-                    inputs = {
-                        k: from_tensor_proto(v) for k, v in request.inputs.items()
-                    }
-                    try:
-                        session.run(signature, inputs)
-                        report.runs += 1
-                    except (RuntimeError, TypeError) as error:
-                        problems.append(f"record {index} ({signature}): {error}")
-                report.add(
-                    "the warmup requests replay",
-                    not problems and bool(records),
-                    "; ".join(problems[:4])[:900] or f"{len(records)} records",
-                )
-            except (ValueError, TypeError) as error:
-                report.add("the warmup requests replay", False, str(error))
-        else:
-            report.add(
-                "warmup file assets.extra/tf_serving_warmup_requests", True, "absent"
-            )
-    finally:
+
+def check_warmup(
+    session: Session, export_dir: Path, protos: Protos
+) -> tuple[str, bool, str]:
+    """The warmup TFRecord parses (CRCs, at most 1000 records) and replays."""
+    warmup = export_dir / WARMUP_PATH
+    if not warmup.is_file():
+        return ("warmup file assets.extra/tf_serving_warmup_requests", True, "absent")
+    name = "the warmup requests replay"
+    try:
+        protos.load("tensorflow_serving.apis.prediction_log_pb2")
+        log_class = protos.message("tensorflow.serving.PredictionLog")
+        records = read_tfrecords(warmup)
+    except (ValueError, TypeError, ModuleNotFoundError) as error:
+        return name, False, str(error)
+    problems = []
+    if len(records) > MAX_WARMUP_RECORDS:
+        problems.append(
+            f"{len(records)} records; the server reads at most {MAX_WARMUP_RECORDS}"
+        )
+    for index, record in enumerate(records[:MAX_WARMUP_RECORDS]):
+        log = log_class.FromString(record)
+        if log.WhichOneof("log_type") != "predict_log":
+            problems.append(f"record {index}: not a predict_log")
+            continue
+        request = log.predict_log.request
+        signature = request.model_spec.signature_name or "serving_default"
+        try:
+            inputs = {
+                k: from_tensor_proto(v, session.tf.dtypes)
+                for k, v in request.inputs.items()
+            }
+            session.run(signature, inputs)
+            session.runs += 1
+        except (RuntimeError, TypeError) as error:
+            problems.append(f"record {index} ({signature}): {error}")
+    return (
+        name,
+        not problems and bool(records),
+        "; ".join(problems[:4])[:900] or f"{len(records)} records",
+    )
+
+
+def run_requests(session: Session, job: dict, served: dict) -> tuple[str, bool, str]:
+    """Run the job's requests in order in one session (an input may be an
+    earlier request's output: the `step` state), `repeat` times each."""
+    feeds_by_run: dict[int, tuple[str, dict]] = {}
+    with np.load(job["feeds"], allow_pickle=False) as feeds:
+        for key in feeds.files:
+            index, signature, name = key.split(":", 2)
+            entry = feeds_by_run.setdefault(int(index), (signature, {}))
+            entry[1][name] = feeds[key]
+    for key, (source, output) in job.get("links", {}).items():
+        index, signature, name = key.split(":", 2)
+        entry = feeds_by_run.setdefault(int(index), (signature, {}))
+        entry[1][name] = (source, output)
+    results: dict[int, dict[str, np.ndarray]] = {}
+    for index in sorted(feeds_by_run):
+        signature, inputs = feeds_by_run[index]
+        inputs = {
+            name: results[value[0]][value[1]] if isinstance(value, tuple) else value
+            for name, value in inputs.items()
+        }
+        try:
+            seconds = []
+            for _ in range(max(1, int(job.get("repeat", 1)))):
+                started = time_module.perf_counter()
+                outputs = session.run(signature, inputs)
+                seconds.append(time_module.perf_counter() - started)
+        except RuntimeError as error:
+            return f"request {index} ({signature})", False, str(error)[:600]
+        results[index] = outputs
+        served[f"{index}:__seconds__"] = np.asarray(seconds)
+        session.runs += 1
+        for name, value in outputs.items():
+            served[f"{index}:{name}"] = value
+    return "every request ran", True, f"{session.runs} requests"
+
+
+def _tensorflow_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorflow")  # locates, does not import
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def run_job(job: dict) -> dict:
+    """The child's whole work: `job["mode"]` is "check" (every check, as
+    `keras-gates verify`) or "requests" (run the given requests only)."""
+    # OpenSSL symbols: Python's hashlib and NumPy's random must be loaded
+    # before the TF libraries (SPEC §3).
+    import hashlib  # noqa: F401
+
+    import numpy.random  # noqa: F401
+
+    checking = job["mode"] == "check"
+    report = Report(job["saved_model"])
+    export_dir = Path(job["saved_model"])
+    served: dict[str, np.ndarray] = {}
+    session = None
+    try:
+        protos = Protos()
+        protos.load("tensorflow.core.protobuf.saved_model_pb2")
+        protos.load("tensorflow.core.framework.op_def_pb2")
+        dtypes = DataTypes(protos)
+        saved = protos.message("tensorflow.SavedModel").FromString(
+            (export_dir / "saved_model.pb").read_bytes()
+        )
+        metas = [m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags]
+        report.add(*check_files(export_dir, metas[0] if metas else None))
+        if not metas:
+            report.add("a meta graph tagged 'serve'", False, "none in saved_model.pb")
+            return _finish(report, job, served, session)
+        meta = metas[0]
+        signatures = dict(meta.signature_def)
+        metadata = {}
+        if (export_dir / METADATA_PATH).is_file():
+            metadata = json.loads((export_dir / METADATA_PATH).read_text())
+        if checking:
+            for check in check_signatures(signatures, metadata, dtypes):
+                report.add(*check)
+        capi = CApi(_tensorflow_root(), dtypes)
+        ops = check_ops(meta, capi, protos)
+        if checking or not ops[1]:
+            report.add(*ops)
+        try:
+            session = Session(capi, protos, export_dir, signatures)
+        except RuntimeError as error:
+            report.add("TF_LoadSessionFromSavedModel loads it", False, str(error)[:600])
+            return _finish(report, job, served, session)
+        if not checking:
+            report.add(*run_requests(session, job, served))
+            return _finish(report, job, served, session)
+        report.add("TF_LoadSessionFromSavedModel loads it", True)
+        for check in check_samples(session, signatures, job, metadata, served):
+            report.add(*check)
+        report.add(*check_warmup(session, export_dir, protos))
+        return _finish(report, job, served, session)
+    except BaseException:
+        if session is not None:
+            session.close()
+        raise
+
+
+def _finish(report: Report, job: dict, served: dict, session) -> dict:
+    if session is not None:
+        report.runs = session.runs
         session.close()
-    return finish()
+    report.add(
+        "the loader process imported no tensorflow Python module",
+        not any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules),
+    )
+    if job.get("out"):
+        np.savez(job["out"], **served)
+    return {"checks": report.checks, "runs": report.runs}
 
 
 def child_main(job_path: str) -> int:
+    """Run the job at `job_path`; print the report as one line (exit 0)."""
     job = json.loads(Path(job_path).read_text())
     try:
-        result = _child(job)
+        result = run_job(job)
     except Exception as error:  # report, don't crash: the parent reads stdout
         result = {
             "checks": [
@@ -392,7 +438,3 @@ def child_main(job_path: str) -> int:
         }
     print(REPORT_PREFIX + json.dumps(result), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1]))

@@ -35,14 +35,23 @@ model trained under a mixed-precision policy: the layers compute in their own
 dtype (float16, bfloat16) inside, and the outputs are cast back to float32.
 
 Which models: any single-input, single-output model with keras_gates layers
-(Bidirectional, stacked, go_backwards, branches). `step` and `gates` follow one
-forward cell step by step, so they are written for chains only: input ->
-TextVectorization / Embedding / per-step layers -> one keras_gates LSTM or GRU
-(not go_backwards) -> any head. Any other model is exported whole (its own call
-in `serving_default`; `with_lengths` sets the padding to token 0, written where
-the model masks token 0, which is checked on the model before writing). The log
-line and `keras_gates.json` ("signatures", "omitted_signatures") say which
-signatures were written and why the others were not. Stateful models are refused.
+(Bidirectional, stacked, go_backwards, branches). `gates` follows one forward
+cell, so it is written for chains: input -> layers -> one keras_gates LSTM or
+GRU (not go_backwards) -> any head; `step` streams one step at a time, so it
+also needs every layer before the recurrent one (and after it, where it returns
+sequences) to act on each step alone (Dense, Embedding, Dropout, ...; not
+Conv1D, pooling, attention, Flatten). Stateful models are refused.
+
+Every signature is proven before the version is published (see
+`keras_gates.serving.proofs`): the staged SavedModel is loaded and each
+signature compared with the Keras model on random inputs at two batch sizes and
+two lengths. One that fails is not written; if `serving_default` fails, the
+export fails and the base is left as it was. The log line and `keras_gates.json`
+("signatures", "omitted_signatures", "proofs") say which signatures were
+written, why the others were not, and how closely each matched.
+
+With ``jit_compile=True`` every signature is XLA-compiled (faster at small
+batches; TF Serving then needs ``--xla_cpu_compilation_enabled=true``).
 
 Text models keep their TextVectorization in the graph (raw strings in). The graph
 is traced from the keras_gates cell's own ops, so it has no CudnnRNN ops and runs
@@ -65,31 +74,30 @@ import errno
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
 
-from keras_gates.serving import publish
-from keras_gates.serving.analysis import Plan
+from keras_gates.serving import proofs, publish, samples, signatures
+from keras_gates.serving.analysis import Description, describe
 from keras_gates.serving.layout import (
     BATCHING_FILE,
     METADATA_FILE,
     WARMUP_FILE,
     check_name,
     check_version,
-    existing_versions,
 )
 from keras_gates.serving.modelfile import load_keras_file
-from keras_gates.serving.warmup import write_warmup
 
 LOG = logging.getLogger("keras_gates.serving")
 # Ops a CPU server cannot run (GPU-only cuDNN RNN kernels).
 GPU_ONLY_OPS = ("CudnnRNN", "CudnnRNNV2", "CudnnRNNV3")
 
 
-def _graph_ops(export_dir: Path) -> set[str]:
+def graph_ops(export_dir: Path) -> set[str]:
+    """Every op type in a SavedModel's graph and its function library."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
@@ -102,6 +110,85 @@ def _graph_ops(export_dir: Path) -> set[str]:
     return ops
 
 
+def build_signatures(
+    description: Description, jit_compile: bool
+) -> tuple[dict[str, signatures.Signature], dict[str, str]]:
+    """The signatures that can be built, and why each other one was not."""
+    built, omitted = {}, {}
+    for name, reason in signatures.applicable(description).items():
+        if reason is not None:
+            omitted[name] = reason
+            continue
+        try:
+            built[name] = signatures.FACTORIES[name](description, jit_compile)
+        except Exception as error:
+            if name == "serving_default":
+                raise ValueError(
+                    "`model`: its serving_default signature cannot be traced"
+                    + (" with jit_compile=True" if jit_compile else "")
+                    + f": {type(error).__name__}: {_first_line(error)}"
+                ) from error
+            omitted[name] = (
+                f"tracing it failed: {type(error).__name__}: {_first_line(error)}"
+            )
+    return built, omitted
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def write_archive(model, built: dict, export_dir: Path, verbose: bool) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, signature in built.items():
+        archive.add_endpoint(name, signature.function)
+    archive.write_out(str(export_dir), verbose=verbose)
+
+
+def _served(export_dir: Path) -> dict[str, Any]:
+    """The staged export's signatures as callables on NumPy arrays."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir))
+
+    def wrap(function):
+        def call(**inputs):
+            outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+            return {k: v.numpy() for k, v in outputs.items()}
+
+        return call
+
+    served = {name: wrap(fn) for name, fn in loaded.signatures.items()}
+    served["__keep__"] = loaded  # the functions need the loaded object alive
+    return served
+
+
+def write_warmup(path: Path, metadata: dict, written: dict, name: str) -> int:
+    """The warmup TFRecord: every written signature at batch 1 and 2."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    requests = samples.warmup_requests(metadata, written)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=name, signature_name=signature)
+            )
+            for key, value in inputs.items():
+                value = np.asarray(value)
+                if value.dtype == object:
+                    value = value.astype(bytes)
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+    return len(requests)
+
+
 def export_for_serving(
     model: keras.Model | str | os.PathLike,
     base: str | os.PathLike,
@@ -110,6 +197,7 @@ def export_for_serving(
     *,
     overwrite: bool = False,
     verify: bool = True,
+    jit_compile: bool = False,
     verbose: bool = False,
 ) -> Path:
     """Write `base/name/version/`, a SavedModel that TF Serving serves.
@@ -117,22 +205,23 @@ def export_for_serving(
     Args:
         model: A keras.Model (or the path of a `.keras` file) with one input
             (float (batch, time, features), int (batch, time) or string), one
-            output and keras_gates layers, none of them stateful. A chain
-            (input -> optional TextVectorization / Embedding / per-step layers
-            -> one forward keras_gates.LSTM or GRU -> any head) gets every
-            signature; any other model (Bidirectional, stacked, go_backwards)
-            gets `serving_default` and, for a token model that masks token 0,
-            `with_lengths`; the log line (logger `keras_gates.serving`) and
-            the metadata say why the others were not written.
+            output tensor and keras_gates layers, none of them stateful. Which
+            signatures it gets is decided by the model's layers and proven by
+            running them (module docstring); the log line (logger
+            `keras_gates.serving`) and the metadata say why any was omitted.
         base: The model base directory (created if missing).
         name: The model's name: its folder in `base` and its name in the
             server's URLs.
         version: A positive integer; None for one more than the highest
-            existing version (1 for the first).
+            existing version (1 for the first), chosen at the final rename so
+            that concurrent exports get their own versions.
         overwrite: Replace an existing version. Without it an existing version
             is refused and left untouched.
         verify: Before moving the export into place, run it through TF
-            Serving's C++ loader (`keras_gates.verify`, a separate process).
+            Serving's C++ loader (`keras_gates.serving.verify`, a separate
+            process).
+        jit_compile: XLA-compile every signature (TF Serving must then run
+            with --xla_cpu_compilation_enabled=true).
         verbose: Print the signatures as ExportArchive writes them.
 
     Returns:
@@ -141,129 +230,125 @@ def export_for_serving(
     Raises:
         TypeError, ValueError: A bad argument or an unsupported model.
         FileExistsError: `version` exists and `overwrite` is False.
-        RuntimeError: The written export failed verification (nothing is left
-            behind).
+        RuntimeError: serving_default disagrees with the model, or the written
+            export failed verification (nothing is left behind).
         OSError: `base` cannot be written (a file in its path, no permission);
             nothing is left behind.
     """
     base_path = publish.check_base(base)
     name = check_name(name)
     version = check_version(version)
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"`overwrite` must be True or False; received {overwrite!r}.")
+    for flag, value in (("overwrite", overwrite), ("jit_compile", jit_compile)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{flag}` must be True or False; received {value!r}.")
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_file(model)
-    plan = Plan(model)
-
-    # Killed exports first: one may have to put a replaced version back.
-    publish.remove_stale_staging(base_path)
-    model_dir = base_path / name
-    if version is None:
-        version = (existing_versions(model_dir) or [0])[-1] + 1
-    target = model_dir / str(version)
-    shown = Path(base) / name / str(version)  # as the caller spelled it
-    if target.exists() and not overwrite:
-        raise FileExistsError(
-            f"`version`: {shown} already exists; pass overwrite=True (--overwrite) "
-            "to replace it, or another version."
-        )
-    for folder in (base_path, model_dir):  # fail now, not after the export
+    description = describe(model)
+    shown = Path(base) / name
+    if version is not None and (base_path / name / str(version)).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"`version`: {shown / str(version)} already exists; pass "
+                "overwrite=True (--overwrite) to replace it, or another version."
+            )
+    for folder in (base_path, base_path / name):  # fail now, not after the export
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(
                 errno.EACCES, "cannot create a version in it", str(folder)
             )
 
-    # Nothing is created inside the base until the final rename; only base's
+    built, omitted = build_signatures(description, jit_compile)
+    # Nothing is created inside the base until the final rename (unless its
+    # parent refuses, where the staging folder goes inside it); only base's
     # parent (and its missing ancestors) may be created, and are removed again
     # if the export fails.
     created = publish.make_dirs(base_path.parent)
-    staging = None
-    moved = False
+    published = False
     try:
-        folder, prefix = publish.staging_place(base_path)
-        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=folder))
-        export_dir = staging / "export"
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        described = plan.add_endpoints(archive)
-        archive.write_out(str(export_dir), verbose=verbose)
-
-        gpu_ops = sorted(_graph_ops(export_dir) & set(GPU_ONLY_OPS))
-        if gpu_ops:
-            raise ValueError(
-                f"`model`: the traced graph contains GPU-only ops {gpu_ops}, which a "
-                "CPU server cannot run; use keras_gates layers (or "
-                "keras.layers.LSTM(use_cudnn=False)) and export again."
-            )
-        extra = export_dir / "assets.extra"
-        records = write_warmup(extra / WARMUP_FILE, plan, name)
-        metadata = {
-            "name": name,
-            "version": version,
-            "kind": plan.kind,
-            # The chain's one cell (what `step` takes); None for a whole graph.
-            "structure": "chain" if plan.chain else "graph",
-            "cell": type(plan.cell).__name__ if plan.chain else None,
-            "units": int(plan.cell.units) if plan.chain else None,
-            "states": list(plan.state_names),
-            "recurrent_layers": plan.describe_recurrent(),
-            "features": plan.input_shape[-1] if plan.kind == "float" else None,
-            "vocabulary_size": plan.vocabulary_size(),
-            "sample_words": plan.sample_words(),
-            "input_dtype": plan.input_dtype,
-            "return_sequences": (
-                bool(plan.rnn.return_sequences) if plan.chain else None
-            ),
-            "signatures": described,
-            # Signatures not written, each with the reason.
-            "omitted_signatures": dict(plan.omitted),
-            "warmup_records": records,
-            "keras_version": keras.__version__,
-        }
-        (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-
-        if verify:
-            from keras_gates import verify as verify_module
-
-            report = verify_module.verify_saved_model(export_dir)
-            if not report.ok:
+        with publish.Staging(base_path) as staging:
+            export_dir = staging.export_dir
+            candidate = staging.path / "candidate"
+            write_archive(model, built, candidate, verbose)
+            results = proofs.prove(description, _served(candidate))
+            ok, detail = results["serving_default"]
+            if not ok:
                 raise RuntimeError(
-                    "The export failed TF Serving's C++ loader check; nothing was "
-                    "written.\n" + report.text()
+                    "`model`: the exported serving_default signature "
+                    f"{detail.replace('it disagrees', 'disagrees')}; nothing was "
+                    "written."
+                )
+            for signature, (ok, detail) in results.items():
+                if not ok:
+                    omitted[signature] = detail
+                    del built[signature]
+            if any(not ok for ok, _ in results.values()):
+                write_archive(model, built, export_dir, verbose)
+            else:
+                os.replace(candidate, export_dir)
+
+            gpu_ops = sorted(graph_ops(export_dir) & set(GPU_ONLY_OPS))
+            if gpu_ops:
+                raise ValueError(
+                    f"`model`: the traced graph contains GPU-only ops {gpu_ops}, "
+                    "which a CPU server cannot run; use keras_gates layers (or "
+                    "keras.layers.LSTM(use_cudnn=False)) and export again."
+                )
+            written = {n: s.described() for n, s in built.items()}
+            metadata = {
+                "name": name,
+                "version": version,
+                **description.metadata(),
+                "signatures": written,
+                # Signatures not written, each with the reason.
+                "omitted_signatures": {
+                    n: omitted[n] for n in signatures.FACTORIES if n in omitted
+                },
+                "proofs": {n: detail for n, (ok, detail) in results.items() if ok},
+                "jit_compile": jit_compile,
+                "keras_version": keras.__version__,
+            }
+            extra = export_dir / "assets.extra"
+            metadata["warmup_records"] = write_warmup(
+                extra / WARMUP_FILE, metadata, written, name
+            )
+
+            def write_metadata(chosen: int) -> None:
+                metadata["version"] = chosen
+                (extra / METADATA_FILE).write_text(
+                    json.dumps(metadata, indent=2) + "\n"
                 )
 
-        # The final move: BASE and BASE/NAME are created only now.
-        created_here = publish.make_dirs(model_dir)
-        try:
-            if target.exists():
-                if not overwrite:  # another export took this version meanwhile
-                    raise FileExistsError(
-                        f"`version`: {shown} already exists; pass overwrite=True "
-                        "(--overwrite) to replace it, or another version."
+            write_metadata(version or 0)
+            if verify:
+                from keras_gates.serving.verify import verify_saved_model
+
+                report = verify_saved_model(export_dir)
+                if not report.ok:
+                    raise RuntimeError(
+                        "The export failed TF Serving's C++ loader check; nothing "
+                        "was written.\n" + report.text()
                     )
-                # Swap the old version out (it is dropped with the staging
-                # folder), then rename the new one in. Killed between the two
-                # renames, the next export puts the old version back.
-                (staging / publish.RETIRED_FROM).write_text(str(target))
-                os.replace(target, staging / publish.RETIRED)
-            os.replace(export_dir, target)
-            moved = True
-        finally:
-            if not moved:
-                publish.remove_empty(created_here)
+            target = staging.publish(
+                name,
+                version,
+                overwrite=overwrite,
+                shown_base=base,
+                prepare=write_metadata,
+            )
+            published = True
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if not moved:
+        if not published:
             publish.remove_empty(created)
 
     publish.update_models_config(base_path, name)
     batching = base_path / BATCHING_FILE
     if not batching.exists():
         batching.write_text(publish.BATCHING_PARAMETERS)
-    line = signatures_line(described, plan.omitted)
-    (LOG.warning if plan.omitted else LOG.info)("%s: %s", shown, line)
-    return shown
+    line = signatures_line(metadata["signatures"], metadata["omitted_signatures"])
+    if jit_compile:
+        line += " (XLA-compiled: serve with --xla_cpu_compilation_enabled=true)"
+    (LOG.warning if omitted else LOG.info)("%s: %s", target, line)
+    return target
 
 
 def signatures_line(written: dict, omitted: dict[str, str]) -> str:

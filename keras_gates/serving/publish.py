@@ -14,13 +14,15 @@ updated only after the version is in place.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-import re
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from keras_gates.serving.layout import MODELS_CONFIG, check_name
+from keras_gates.serving.layout import MODELS_CONFIG, check_name, existing_versions
 
 # Server-side batching example (text BatchingParameters). pad_variable_length_inputs
 # pads with each tensor's first element: send `lengths` (signature with_lengths).
@@ -37,6 +39,9 @@ pad_variable_length_inputs: true
 """
 
 STAGING_MARK = ".keras-gates-export-"
+# A staging folder is created under this name, locked, then renamed to its
+# STAGING_MARK name: a cleaner never sees one that is not yet locked.
+NEW_MARK = ".keras-gates-new-"
 
 
 def staging_places(base: Path) -> list[tuple[Path, str]]:
@@ -44,34 +49,45 @@ def staging_places(base: Path) -> list[tuple[Path, str]]:
 
     Beside the base, in its parent (`.BASE.keras-gates-export-PID-*`), so that
     nothing appears inside the base before the final rename; inside the base
-    (`.keras-gates-export-PID-*`) only when the base is a mount point, where a
-    rename from its parent would cross filesystems.
+    (`.keras-gates-export-PID-*`, a dot-folder TF Serving ignores) when the
+    base is a mount point (a rename from its parent would cross filesystems)
+    or its parent cannot be written.
     """
     return [(base.parent, f".{base.name}{STAGING_MARK}"), (base, STAGING_MARK)]
 
 
 def staging_place(base: Path) -> tuple[Path, str]:
     beside, inside = staging_places(base)
-    if base.is_dir() and os.stat(base).st_dev != os.stat(base.parent).st_dev:
+    if base.is_dir() and (
+        os.stat(base).st_dev != os.stat(base.parent).st_dev
+        or not os.access(base.parent, os.W_OK | os.X_OK)
+    ):
         return inside
     return beside
 
 
-def process_alive(pid: int) -> bool:
+def _try_lock(path: Path) -> int | None:
+    """An exclusive lock on folder `path` (its fd), or None if another process
+    holds it. The kernel releases it when the holder dies, also in another
+    PID namespace on a shared volume, where a PID says nothing."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return True  # exists (another user's) or cannot tell: keep its folder
-    return True
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_stale_staging(base: Path) -> list[Path]:
-    """Remove staging folders for `base` left by exports that were killed.
+    """Remove staging folders for `base` left by exports that died.
 
-    Only folders of our own naming whose process (the PID in the name) no
-    longer runs are removed; a running export's folder is kept.
+    A live export holds a lock on its staging folder; a folder of our naming
+    whose lock can be taken belongs to no running export, and is removed
+    (after putting back a version that a killed overwrite had swapped out).
 
     Returns:
         The folders removed.
@@ -85,17 +101,129 @@ def remove_stale_staging(base: Path) -> list[Path]:
         for entry in entries:
             if not entry.name.startswith(prefix) or entry.is_symlink():
                 continue
-            pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-            if not entry.is_dir() or not pid_text.isdigit():
+            if not entry.is_dir():
                 continue
-            pid = int(pid_text)
-            if pid == os.getpid() or process_alive(pid):
-                continue
-            restore_retired(entry)
-            shutil.rmtree(entry, ignore_errors=True)
+            fd = _try_lock(entry)
+            if fd is None:
+                continue  # a running export's folder
+            try:
+                restore_retired(entry)
+                shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                os.close(fd)
             if not entry.exists():
                 removed.append(entry)
     return removed
+
+
+class Staging:
+    """A locked staging folder for one export into `base`; a context manager.
+
+    On entry: removes dead exports' staging folders, creates this one (beside
+    the base, or inside it where the parent refuses) and locks it. On exit:
+    removes it, whatever happened. `export_dir` is where the SavedModel goes;
+    `publish` moves it into place.
+    """
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.path: Path | None = None
+        self._fd: int | None = None
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def __enter__(self) -> Staging:
+        # Killed exports first: one may have to put a replaced version back.
+        remove_stale_staging(self.base)
+        folder, prefix = staging_place(self.base)
+        new = Path(
+            tempfile.mkdtemp(prefix=prefix.replace(STAGING_MARK, NEW_MARK), dir=folder)
+        )
+        fd = _try_lock(new)
+        if fd is None:  # cannot happen: nobody else knows the name yet
+            shutil.rmtree(new, ignore_errors=True)
+            raise OSError(errno.EAGAIN, "cannot lock the staging folder", str(new))
+        self._fd = fd
+        self.path = folder / f"{prefix}{os.getpid()}-{new.name.rsplit('-', 1)[-1]}"
+        os.rename(new, self.path)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def publish(
+        self,
+        name: str,
+        version: int | None,
+        *,
+        overwrite: bool = False,
+        shown_base: str | os.PathLike | None = None,
+        prepare: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Move `export_dir` to BASE/NAME/VERSION in one rename.
+
+        Args:
+            name: The model's folder.
+            version: The version; None for the next free one: one more than
+                the highest, chosen at the rename itself, so that concurrent
+                exports of one name get versions N and N+1, never a clash.
+            overwrite: Replace an existing `version` (swapped out first;
+                killed between the two renames, the next export puts it back).
+            shown_base: The base as the caller spelled it (for messages).
+            prepare: Called with the version just before each rename attempt
+                (to write the version into the export's metadata).
+
+        Returns:
+            The version folder, under `shown_base`.
+        """
+        model_dir = self.base / name
+        shown = Path(shown_base if shown_base is not None else self.base) / name
+        created = make_dirs(model_dir)
+        try:
+            while True:
+                chosen = version or (existing_versions(model_dir) or [0])[-1] + 1
+                target = model_dir / str(chosen)
+                if prepare is not None:
+                    prepare(chosen)
+                if version is not None and target.exists():
+                    if not overwrite:
+                        raise FileExistsError(
+                            f"`version`: {shown / str(chosen)} already exists; pass "
+                            "overwrite=True (--overwrite) to replace it, or "
+                            "another version."
+                        )
+                    (self.path / RETIRED_FROM).write_text(str(target))
+                    os.replace(target, self.path / RETIRED)
+                try:
+                    # rename(2) refuses a non-empty target: the atomic claim.
+                    os.rename(self.export_dir, target)
+                except OSError as error:
+                    restore_retired(self.path)
+                    if version is None and error.errno in (
+                        errno.EEXIST,
+                        errno.ENOTEMPTY,
+                    ):
+                        continue  # another export took this version meanwhile
+                    if version is not None and error.errno in (
+                        errno.EEXIST,
+                        errno.ENOTEMPTY,
+                    ):
+                        raise FileExistsError(
+                            f"`version`: {shown / str(chosen)} already exists; pass "
+                            "overwrite=True (--overwrite) to replace it, or "
+                            "another version."
+                        ) from None
+                    raise
+                created = []
+                return shown / str(chosen)
+        finally:
+            remove_empty(created)
 
 
 RETIRED = "retired"  # the replaced version, inside the staging folder
@@ -173,6 +301,11 @@ def update_models_config(
 ) -> Path:
     """Add `name` to `base/models.config` (text ModelServerConfig), if absent.
 
+    The file is parsed and written as the `ModelServerConfig` proto it is
+    (tensorflow-serving-api's text format), under a lock held on
+    `base/.models.config.lock`, and replaced in one rename: concurrent exports
+    each add their name, and the server never reads a half-written file.
+
     Args:
         base: The model base directory (it holds one folder per model).
         name: The model's name (its folder in `base`).
@@ -180,35 +313,53 @@ def update_models_config(
 
     Returns:
         The path of the config file.
+
+    Raises:
+        ValueError: The existing file is not a text ModelServerConfig with a
+            model_config_list.
     """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     name = check_name(name)
-    path = Path(base) / MODELS_CONFIG
-    entry = (
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{root.rstrip("/")}/{name}"\n'
-        '    model_platform: "tensorflow"\n'
-        "  }\n"
-    )
-    if path.exists():
-        text = path.read_text()
-        if re.search(rf'name:\s*"{re.escape(name)}"', text):
+    base = Path(base)
+    path = base / MODELS_CONFIG
+    with open(base / f".{MODELS_CONFIG}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        config = model_server_config_pb2.ModelServerConfig()
+        if path.exists():
+            try:
+                text_format.Parse(path.read_text(), config)
+            except text_format.ParseError as error:
+                raise ValueError(
+                    f"`base`: {path} must be a text ModelServerConfig; received a "
+                    f"file the proto parser refuses: {error}"
+                ) from None
+            if config.WhichOneof("config") != "model_config_list":
+                raise ValueError(
+                    f"`base`: {path} must be a text ModelServerConfig with a "
+                    "model_config_list { ... } block; received a file without one."
+                )
+        models = config.model_config_list.config
+        if any(model.name == name for model in models):
             return path
-        closing = text.rstrip().rfind("}")
-        if "model_config_list" not in text or closing < 0:
-            raise ValueError(
-                f"`base`: {path} must be a text ModelServerConfig with a "
-                "model_config_list { ... } block; received a file without one."
-            )
-        text = text[:closing].rstrip("\n") + "\n" + entry + "}\n"
-    else:
+        models.add(
+            name=name,
+            base_path=f"{root.rstrip('/')}/{name}",
+            model_platform="tensorflow",
+        )
         text = (
             "# TF Serving model config (text ModelServerConfig), kept by "
             "`keras-gates export`.\n"
             "# Serve with --model_config_file=/models/models.config\n"
-            "model_config_list {\n" + entry + "}\n"
+            + text_format.MessageToString(config)
         )
-    tmp = path.with_name(f".{MODELS_CONFIG}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{MODELS_CONFIG}.", dir=base)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path

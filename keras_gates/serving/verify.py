@@ -167,7 +167,7 @@ def verify_saved_model(
         result = _run_child(
             {
                 "saved_model": str(path.resolve()),
-                "check": True,
+                "mode": "check",
                 "batch_sizes": list(batch_sizes),
                 "time_steps": list(time_steps),
                 "out": str(out),
@@ -247,7 +247,7 @@ def run_signatures(
         result = _run_child(
             {
                 "saved_model": str(path.resolve()),
-                "check": False,
+                "mode": "requests",
                 "feeds": str(feeds_path),
                 "links": links,
                 "out": str(out),
@@ -306,7 +306,7 @@ def serving_latency(
         result = _run_child(
             {
                 "saved_model": str(path.resolve()),
-                "check": False,
+                "mode": "requests",
                 "feeds": str(feeds_path),
                 "links": {},
                 "out": str(out),
