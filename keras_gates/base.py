@@ -5,8 +5,11 @@ plumbing around them so each cell's ``call`` reads like its equations:
 
 - ``GatedCell``: resolves and validates the constructor arguments that
   ``keras.layers.LSTMCell`` / ``GRUCell`` take, creates ``kernel``,
-  ``recurrent_kernel`` and ``bias`` with the gate blocks side by side, and
-  keeps one dropout mask per sequence (fixed across time steps, as in Keras).
+  ``recurrent_kernel`` and ``bias`` exactly as the built-in cell does (same
+  names, shapes and gate-block order, SPEC §1), loads checkpoints with checks
+  that say why one does not fit (and converts files written in this package's
+  earlier "lecture" block order), and keeps one dropout mask per sequence
+  (fixed across time steps, as in Keras).
 - ``GatedRNN``: a ``keras.layers.RNN`` subclass that checks its inputs, masks
   and initial states before the loop runs and exposes the cell's arguments as
   layer attributes, as ``keras.layers.LSTM`` does.
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gates import checks, fused
@@ -40,7 +44,14 @@ CELL_ARGUMENTS = (
     "dropout",
     "recurrent_dropout",
     "seed",
+    "weight_layout",
 )
+
+# How the gate blocks of `kernel`, `recurrent_kernel` and `bias` are ordered:
+# "keras", the built-ins' order (what every cell builds and saves), or
+# "lecture", the order keras_gates used before it stored the built-ins'
+# variables (read once on load, converted; see GatedCell.load_own_variables).
+WEIGHT_LAYOUTS = ("keras", "lecture")
 
 
 class DropoutMasks:
@@ -97,14 +108,44 @@ def _keras_dropout_marker() -> tuple[type, ...]:
     return ()
 
 
+class _SeedStateSaver(keras.layers.Layer):
+    """Saves a cell's dropout seed state beside its weights, not among them.
+
+    The dropout SeedGenerator's state is a variable that Keras leaves out of
+    a layer's weights, so `save_weights` (hence BackupAndRestore) would not
+    keep it, and a resumed run would draw other dropout masks than an
+    uninterrupted one (measured 0.29 apart after 4 epochs). Stored as the
+    cell's own variables it would break the drop-in promise: the built-in
+    cell refuses a store with a fourth entry. As this child layer (path
+    ``.../cell/dropout_seed``) it travels with keras_gates checkpoints, and
+    a built-in reading them never visits it; a checkpoint without it (the
+    built-in's) leaves the seed state as it is.
+    """
+
+    def __init__(self, seed_state, **kwargs):
+        super().__init__(**kwargs)
+        self._seed_state = seed_state  # a function: Keras tracks no functions
+        self.built = True
+
+    def save_own_variables(self, store):
+        store["0"] = self._seed_state()
+
+    def load_own_variables(self, store):
+        if "0" in store:
+            self._seed_state().assign(store["0"])
+
+
 class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
     """Base of ``LSTMCell`` and ``GRUCell``: arguments, weights and config.
 
-    Subclasses set ``gate_names`` (the blocks of ``kernel`` in order, SPEC §1)
-    and implement ``call``.
+    Subclasses set ``gate_names`` (the gates a trace reports, in the
+    lecture's names) and ``weight_blocks`` (the built-in's gate blocks of
+    ``kernel``, in order, SPEC §1), implement ``call`` and
+    ``lecture_to_keras`` (the earlier block order, converted).
     """
 
     gate_names: tuple[str, ...] = ()
+    weight_blocks: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -124,11 +165,17 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: int | None = None,
+        weight_layout: str = "keras",
         **kwargs,
     ):
         # Validate everything before touching Keras state, so a bad argument
         # leaves nothing half-built.
         kwargs.pop("implementation", None)  # Keras's deprecated layout switch
+        if weight_layout not in WEIGHT_LAYOUTS:
+            raise ValueError(
+                f"`weight_layout` must be one of {WEIGHT_LAYOUTS}; received "
+                f"{weight_layout!r}."
+            )
         units = checks.positive_int("units", units)
         use_bias = checks.boolean("use_bias", use_bias)
         dropout = checks.rate("dropout", dropout)
@@ -159,36 +206,84 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
         self.seed = seed
         for name, value in resolved.items():
             setattr(self, name, value)
+        self.weight_layout = weight_layout
         self.seed_generator = keras.random.SeedGenerator(seed=seed)
+        self.dropout_seed = _SeedStateSaver(
+            lambda: self.seed_generator.state, name="dropout_seed"
+        )
         self.output_size = units
 
-    # The dropout SeedGenerator's state is a variable that Keras leaves out of
-    # the layer's weights, so `save_weights` (hence BackupAndRestore) did not
-    # keep it: a resumed run drew other dropout masks than an uninterrupted
-    # one (measured 0.29 apart after 4 epochs). It is saved after the weights
-    # under the next index; a store without it (files written before) loads as
-    # before, leaving the seed state as it is.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[self._seed_state_key()] = self.seed_generator.state
-
-    def _seed_state_key(self) -> str:
-        # Keras numbers a layer's own weights 0..n-1 in the store.
-        return str(len(self.weights))
-
     def load_own_variables(self, store):
-        seed_key = self._seed_state_key()
-        if seed_key not in store:
-            super().load_own_variables(store)
-            return
-        super().load_own_variables(
-            {key: store[key] for key in store.keys() if key != seed_key}
-        )
-        self.seed_generator.state.assign(store[seed_key])
+        """Load ``kernel``, ``recurrent_kernel``, ``bias`` from a checkpoint.
+
+        The built-in cell's checkpoints load as they are (same variables).
+        A store that does not fit is refused with the reason (a
+        ``GRU(reset_after=True)`` bias, an LSTM with/without its forget
+        gate, another feature size), never assigned in part. With
+        ``weight_layout="lecture"`` (a file written by keras_gates before it
+        stored the built-ins' variables: its config has no
+        ``weight_layout``) the blocks are reordered once, here, and the cell
+        is "keras" from then on, as everything it saves. Such files also
+        held the dropout seed state as one more entry, read here too.
+        """
+        weights = self.weights  # kernel, recurrent_kernel[, bias]
+        self.check_stored_weights(store)
+        values = [np.asarray(store[str(index)]) for index in range(len(weights))]
+        if self.weight_layout == "lecture":
+            values = [self.lecture_to_keras(value) for value in values]
+        for variable, value in zip(weights, values, strict=True):
+            variable.assign(value)
+        self.weight_layout = "keras"
+        legacy_seed = str(len(weights))
+        if legacy_seed in store:  # checked by check_stored_weights
+            self.seed_generator.state.assign(store[legacy_seed])
+
+    def check_stored_weights(self, store) -> None:
+        """Raise a ValueError saying why ``store`` cannot load into this cell."""
+        weights = self.weights
+        owner = f"{type(self).__name__} '{self.name}'"
+        keys = set(store.keys())
+        seed_key = str(len(weights))
+        if seed_key in keys:
+            seed_shape = tuple(self.seed_generator.state.shape)
+            if tuple(store[seed_key].shape) == seed_shape:
+                keys.discard(seed_key)  # a keras_gates file from before
+        wanted = [str(index) for index in range(len(weights))]
+        if sorted(keys) != wanted:
+            raise ValueError(
+                f"{owner} has {len(weights)} weights "
+                f"({', '.join(w.name for w in weights)}; use_bias={self.use_bias}) "
+                f"and the checkpoint holds {len(keys)} for it: was it written "
+                f"with use_bias={not self.use_bias}?"
+            )
+        for key, variable in zip(wanted, weights, strict=True):
+            got = tuple(store[key].shape)
+            want = tuple(variable.shape)
+            if got != want:
+                message = (
+                    f"{owner} cannot load this checkpoint: its "
+                    f"`{variable.name}` has shape {got} and this cell's has "
+                    f"shape {want} (blocks [{' | '.join(self.weight_blocks)}] "
+                    f"of {self.units} units). {self.mismatch_reason(key, got)}"
+                )
+                raise ValueError(message.rstrip())
+
+    def mismatch_reason(self, key: str, stored_shape: tuple) -> str:
+        """Why a stored weight of this shape does not fit (subclasses say)."""
+        if key == "0" and stored_shape[-1] == self.kernel.shape[-1]:
+            return (
+                f"It was built for {stored_shape[0]} input features, this cell "
+                f"for {self.kernel.shape[0]}."
+            )
+        return ""
+
+    def lecture_to_keras(self, array: np.ndarray) -> np.ndarray:
+        """A weight in the earlier "lecture" block order, in Keras's order."""
+        raise NotImplementedError
 
     @property
     def num_gate_blocks(self) -> int:
-        return len(self.gate_names)
+        return len(self.weight_blocks)
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -199,14 +294,14 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
             )
         width = self.num_gate_blocks * self.units
         self.kernel = self.add_weight(
-            shape=(input_dim, width),  # [U_o | U_i | ...]
+            shape=(input_dim, width),  # the U blocks, Keras's order
             name="kernel",
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
         self.recurrent_kernel = self.add_weight(
-            shape=(self.units, width),  # [W_o | W_i | ...]
+            shape=(self.units, width),  # the W blocks
             name="recurrent_kernel",
             initializer=self.recurrent_initializer,
             regularizer=self.recurrent_regularizer,
@@ -214,7 +309,7 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
         )
         if self.use_bias:
             self.bias = self.add_weight(
-                shape=(width,),  # [b_o | b_i | ...]
+                shape=(width,),  # the b blocks
                 name="bias",
                 initializer=self.make_bias_initializer(),
                 regularizer=self.bias_regularizer,
@@ -275,8 +370,15 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "seed": self.seed,
+            # What this cell saves; a config without it is a file written
+            # before keras_gates stored the built-ins' block order.
+            "weight_layout": "keras",
         }
         return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{"weight_layout": "lecture", **config})
 
 
 def _cell_attribute(name: str) -> property:
@@ -314,7 +416,7 @@ class GatedRNN(keras.layers.RNN):
 
     def __init__(self, cell: GatedCell, activity_regularizer=None, **kwargs):
         # Keras's deprecated kernel-layout switch: accepted for drop-in use, and
-        # meaningless here (one layout, SPEC §1).
+        # meaningless here (the built-ins' variables, SPEC §1).
         kwargs.pop("implementation", None)
         for name in self.layer_arguments:
             if name in kwargs:
@@ -421,4 +523,6 @@ class GatedRNN(keras.layers.RNN):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # A config without `weight_layout` was written before keras_gates
+        # stored the built-ins' block order: its weights are converted on load.
+        return cls(**{"weight_layout": "lecture", **config})

@@ -12,11 +12,12 @@ Small batches, inference (up to ``fused_max_batch``; serving is often batch
 1): a step costs what its ops cost to launch (~5-10 us each in TensorFlow's
 while loop), not what they compute, so the step has as few ops as possible:
 
-    before the loop, all steps at once (one large matmul):
-        Ux_t + b = [U_o x_t + b_o | U_i x_t + b_i | U_f x_t + b_f | U x_t + b]
+    before the loop, all steps at once (one large matmul; the weights'
+    blocks in Keras's order, SPEC §1):
+        Ux_t + b = [U_i x_t + b_i | U_f x_t + b_f | U x_t + b | U_o x_t + b_o]
     inside the loop, per step (LSTM):
         a_t  = W h_{t-1} + (Ux_t + b)                 one matmul, one add
-        o_t, i_t, f_t, s~_t = one sigmoid over a_t, with
+        i_t, f_t, s~_t, o_t = one sigmoid over a_t, with
                               tanh(a) = 2 * sigmoid(2 a) - 1 for s~_t (the
                               factor 2 folded into W, U and b once)
         s_t  = f_t * s_{t-1} + i_t * s~_t
@@ -38,16 +39,17 @@ Dropout applies here as in the cell: one input mask and one recurrent mask
 per sequence, drawn before the loop (the input mask is applied to the whole
 sequence at once).
 
-The GRU cannot fuse its candidate with its gates (s~_t needs o_t first):
+The GRU cannot fuse its candidate with its gates (s~_t needs o_t first); its
+weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
 
-    a_t^{oi} = W_{oi} s_{t-1} + (U_{oi} x_t + b_{oi})    small batches: one
-    o_t, i_t = sigmoid(a_t^{oi})                          matmul, one sigmoid
+    a_t^{zo} = W_{zo} s_{t-1} + (U_{zo} x_t + b_{zo})    small batches: one
+    z_t, o_t = sigmoid(a_t^{zo}),  i_t = 1 - z_t          matmul, one sigmoid
     s~_t     = tanh(W (o_t * s_{t-1}) + (U x_t + b))
-    s_t      = (1 - i_t) * s_{t-1} + i_t * s~_t
+    s_t      = z_t * s_{t-1} + i_t * s~_t                 (z_t = 1 - i_t)
 
-At larger batches o_t and i_t get a matmul each instead: only o_t is on the
+At larger batches o_t and z_t get a matmul each instead: only o_t is on the
 way to s~_t, and its product is half as wide. The state update is written so
-that (1 - i_t) * s_{t-1} is computed while s~_t is: two ops after s~_t on the
+that z_t * s_{t-1} is computed while s~_t is: two ops after s~_t on the
 critical path. (These choices are per-op measurements, benchmarks/.)
 
 Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``):
@@ -325,7 +327,8 @@ def _lstm_loop(
 ):
     kernel, recurrent_kernel, bias = weights
     u = cell.units
-    n_gates = cell.num_gate_blocks  # o, i, (f,) s~
+    n_gates = cell.num_gate_blocks  # Keras's order: i, (f,) s~ (its c), o
+    candidate = n_gates - 2  # the s~ block
     # Small batches: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
     # every block (fewer ops per step); the candidate block's columns are
     # doubled once, here. Not in float16 (2 sigmoid - 1 loses tanh's
@@ -338,7 +341,11 @@ def _lstm_loop(
     )
     if fuse_tanh:
         scale = ops.concatenate(
-            [ops.ones(((n_gates - 1) * u,), x.dtype), ops.full((u,), 2.0, x.dtype)]
+            [
+                ops.ones((candidate * u,), x.dtype),
+                ops.full((u,), 2.0, x.dtype),
+                ops.ones((u,), x.dtype),  # o
+            ]
         )
         kernel = kernel * scale
         recurrent_kernel = recurrent_kernel * scale
@@ -352,14 +359,14 @@ def _lstm_loop(
         # Matmul bound: o_t is needed only at the end of the step, so it gets
         # its own product, which runs alongside the one for i, f and s~ (a
         # shorter critical path: measured 0.89x instead of 0.97x of Keras's
-        # LSTM at batch 64, both shapes of the benchmark).
+        # LSTM at batch 64, both shapes of the benchmark). o is the last block.
         groups = [
             (
                 kernel[:, cols],
                 recurrent_kernel[:, cols],
                 None if bias is None else bias[cols],
             )
-            for cols in (slice(0, u), slice(u, None))
+            for cols in (slice(0, (n_gates - 1) * u), slice((n_gates - 1) * u, None))
         ]
     inputs, project = _input_terms(x, [(k, b) for k, _, b in groups], hoist=small)
     recurrent = [w for _, w, _ in groups]
@@ -369,19 +376,22 @@ def _lstm_loop(
         h_in = h_tm1 if recurrent_mask is None else h_tm1 * recurrent_mask
         pre = [ops.matmul(h_in, w) + ux for w, ux in zip(recurrent, project(inputs_t))]
         if fuse_tanh:
-            gates_t = ops.split(ops.sigmoid(pre[0]), n_gates, axis=-1)
-            o_t, i_t = gates_t[0], gates_t[1]
-            s_tilde_t = 2.0 * gates_t[-1] - 1.0  # = tanh(a_s)
+            # sigmoid of every block: i, (f,) s~ (as 2 sigmoid(2 a) - 1), o
+            blocks_t = ops.split(ops.sigmoid(pre[0]), n_gates, axis=-1)
+            s_tilde_t = 2.0 * blocks_t[candidate] - 1.0  # = tanh(a_s)
         else:
             if small:
-                a_gates = ops.split(pre[0], n_gates, axis=-1)
+                a_blocks = ops.split(pre[0], n_gates, axis=-1)
             else:
-                a_gates = [pre[0], *ops.split(pre[1], n_gates - 1, axis=-1)]
-            gates_t = [cell.recurrent_activation(a) for a in a_gates[:-1]]
-            o_t, i_t = gates_t[0], gates_t[1]
-            s_tilde_t = cell.activation(a_gates[-1])
+                a_blocks = [*ops.split(pre[0], n_gates - 1, axis=-1), pre[1]]
+            blocks_t = [
+                cell.activation(a) if j == candidate else cell.recurrent_activation(a)
+                for j, a in enumerate(a_blocks)
+            ]
+            s_tilde_t = blocks_t[candidate]
+        i_t, o_t = blocks_t[0], blocks_t[-1]
         if cell.forget_gate:
-            f_t = gates_t[2]
+            f_t = blocks_t[1]
             s_t = f_t * s_tm1 + i_t * s_tilde_t
         else:
             s_t = s_tm1 + i_t * s_tilde_t
@@ -423,12 +433,13 @@ def _gru_loop(
         b = None if bias is None else bias[cols]
         return kernel[:, cols], recurrent_kernel[:, cols], b
 
+    # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
     if small:
-        # Per-op bound: o and i from one matmul and one sigmoid.
+        # Per-op bound: z and o from one matmul and one sigmoid.
         groups = [block(0, 2), block(2)]
     else:
         # Matmul bound: o_t alone feeds the candidate, so it gets its own
-        # (half as wide) product and the critical path is shorter; i_t's
+        # (half as wide) product and the critical path is shorter; z_t's
         # runs alongside. Measured 0.83x instead of 1.08x of Keras's GRU at
         # 64 x 200 x 64 -> 256.
         groups = [block(0), block(1), block(2)]
@@ -443,12 +454,13 @@ def _gru_loop(
             cell.recurrent_activation(ops.matmul(s_in, w) + ux)
             for w, ux in zip(recurrent[:-1], ux_gates)
         ]
-        o_t, i_t = ops.split(gates[0], 2, axis=-1) if small else gates
+        z_t, o_t = ops.split(gates[0], 2, axis=-1) if small else gates
+        i_t = 1.0 - z_t
         s_tilde_t = cell.activation(ops.matmul(o_t * s_in, recurrent[-1]) + ux_s)
-        # (1 - i_t) * s_{t-1} is ready before s~_t: two ops after it on the
-        # critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one op fewer
-        # but three after s~_t, and measured 1.2x slower at batch 64).
-        s_t = (1.0 - i_t) * s_tm1 + i_t * s_tilde_t
+        # z_t * s_{t-1} (z_t = 1 - i_t) is ready before s~_t: two ops after it
+        # on the critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one op
+        # fewer but three after s~_t, and measured 1.2x slower at batch 64).
+        s_t = z_t * s_tm1 + i_t * s_tilde_t
         if mask_t is not None:
             s_t = ops.where(mask_t[:, None], s_t, s_tm1)
         return (s_t,)

@@ -4,20 +4,25 @@ State s (no separate h). At step t, with x_t the input and s_{t-1} the state:
 
     o_t  = sigmoid(W_o s_{t-1} + U_o x_t + b_o)      output gate: what of s_{t-1}
                                                      reaches the candidate
-    i_t  = sigmoid(W_i s_{t-1} + U_i x_t + b_i)      input gate
+    i_t  = 1 - z_t,                                  input gate, where
+    z_t  = sigmoid(W_z s_{t-1} + U_z x_t + b_z)      (Keras's update gate)
     s~_t = tanh(W (o_t * s_{t-1}) + U x_t + b)       candidate state
     s_t  = (1 - i_t) * s_{t-1} + i_t * s~_t          the forget gate is 1 - i_t
 
-Weights, gate blocks side by side in this order:
+The lecture writes i_t = sigmoid(W_i s_{t-1} + U_i x_t + b_i): the same gate,
+with W_i = -W_z, U_i = -U_z, b_i = -b_z (sigmoid(-a) = 1 - sigmoid(a)). The
+cell stores z's blocks, as ``keras.layers.GRU(reset_after=False)`` does, so
+the weights are exactly the built-in's (names, shapes, order z, r, h, with
+Keras's reset gate r = o and its h = the candidate):
 
-    kernel            (input_dim, 3 * units) = [U_o | U_i | U]
-    recurrent_kernel  (units, 3 * units)     = [W_o | W_i | W]
-    bias              (3 * units,)           = [b_o | b_i | b]
+    kernel            (input_dim, 3 * units) = [U_z | U_o | U]
+    recurrent_kernel  (units, 3 * units)     = [W_z | W_o | W]
+    bias              (3 * units,)           = [b_z | b_o | b]
 
-This is ``keras.layers.GRU(reset_after=False)`` with o = r and i = 1 - z (the
-z blocks negated); ``keras_gates.from_keras`` / ``to_keras`` do the mapping.
-cuDNN's GRU (Keras's default ``reset_after=True``) applies r after the W
-product: a different model, which cannot be converted.
+The maths equals ``keras.layers.GRU(reset_after=False)``, for any
+``recurrent_activation``. cuDNN's GRU (Keras's default ``reset_after=True``)
+applies r after the W product and has two biases (bias shape (2, 3 * units)):
+a different model, whose checkpoints are refused with that reason.
 
 References: Cho et al. (2014), "Learning phrase representations using RNN
 encoder-decoder"; Mitesh M. Khapra, CS7015 Deep Learning, lecture 14.
@@ -28,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gates.base import GatedCell, GatedRNN
@@ -51,6 +57,11 @@ class GRUCell(GatedCell):
             enters the gates and the candidate (never in the carry
             (1 - i_t) * s_{t-1}), one mask per sequence.
         seed: Integer seed for the dropout masks.
+        weight_layout: The block order of the weights this cell loads next:
+            ``"keras"`` (default; what it builds and saves) or ``"lecture"``
+            for files written by keras_gates 0.1 ([o | i | s~], i's blocks
+            stored instead of z's); converted on load. A ``.keras`` file
+            says which in its config.
 
     Call arguments:
         inputs: x_t, shape (batch, input_dim).
@@ -71,6 +82,9 @@ class GRUCell(GatedCell):
     """
 
     gate_names = ("o", "i", "s_tilde")
+    # keras.layers.GRU's order: update gate z = 1 - i, reset gate r = o, and
+    # h, the candidate.
+    weight_blocks = ("z", "r", "h")
 
     def __init__(
         self,
@@ -90,6 +104,7 @@ class GRUCell(GatedCell):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: int | None = None,
+        weight_layout: str = "keras",
         **kwargs,
     ):
         super().__init__(
@@ -109,9 +124,37 @@ class GRUCell(GatedCell):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
+            weight_layout=weight_layout,
             **kwargs,
         )
         self.state_size = self.units
+
+    def lecture_to_keras(self, array):
+        # keras_gates 0.1 stored [o | i | s~], i's blocks: z's are their
+        # negatives, exactly so only where g(-a) = 1 - g(a).
+        name = keras.activations.serialize(self.recurrent_activation)
+        if name not in ("sigmoid", "hard_sigmoid"):
+            raise ValueError(
+                f"GRUCell '{self.name}' cannot convert weights saved by "
+                "keras_gates 0.1 (weight_layout='lecture'): they hold the input "
+                "gate i's blocks, and i = 1 - z is exact only for a gate "
+                "activation g with g(-a) = 1 - g(a) (sigmoid, hard_sigmoid); "
+                f"received recurrent_activation={name!r}."
+            )
+        o, i, s_tilde = np.split(np.asarray(array), 3, axis=-1)
+        return np.concatenate([-i, o, s_tilde], axis=-1)
+
+    def mismatch_reason(self, key, stored_shape):
+        if key == "2" and len(stored_shape) == 2:
+            return (
+                "It is a keras.layers.GRU(reset_after=True) checkpoint (Keras's "
+                "default, cuDNN's GRU: separate input and recurrent biases, "
+                "shape (2, 3 * units)), which applies the reset gate after the "
+                "W product: another model than this GRU (reset_after=False), "
+                "so its weights cannot be used here. Keep keras.layers.GRU for "
+                "it, or train keras.layers.GRU(reset_after=False)."
+            )
+        return super().mismatch_reason(key, stored_shape)
 
     def call(self, inputs, states, training=False, return_gates=False):
         nested = isinstance(states, (list, tuple))
@@ -120,20 +163,22 @@ class GRUCell(GatedCell):
         s_tm1_in = self.dropped_state(s_tm1, training)
         u = self.units
 
-        ux = ops.matmul(x_t, self.kernel)  # (batch, 3 * units): U_o x, U_i x, U x
+        # The weights' (Keras's) blocks: [z | o | s~] (Keras's z, r, h).
+        ux = ops.matmul(x_t, self.kernel)  # (batch, 3 * units): U_z x, U_o x, U x
         if self.use_bias:
             ux = ux + self.bias
-        ux_o, ux_i, ux_s = ops.split(ux, 3, axis=-1)
-        ws_o, ws_i = ops.split(
+        ux_z, ux_o, ux_s = ops.split(ux, 3, axis=-1)
+        ws_z, ws_o = ops.split(
             ops.matmul(s_tm1_in, self.recurrent_kernel[:, : 2 * u]), 2, axis=-1
         )
 
         o_t = self.recurrent_activation(ws_o + ux_o)
-        i_t = self.recurrent_activation(ws_i + ux_i)
+        z_t = self.recurrent_activation(ws_z + ux_z)
+        i_t = 1 - z_t
         s_tilde_t = self.activation(
             ops.matmul(o_t * s_tm1_in, self.recurrent_kernel[:, 2 * u :]) + ux_s
         )
-        s_t = (1 - i_t) * s_tm1 + i_t * s_tilde_t
+        s_t = z_t * s_tm1 + i_t * s_tilde_t  # z_t = 1 - i_t, the forget gate
         new_states = [s_t] if nested else s_t
         if return_gates:  # keras_gates.trace_gates reads the step through here
             return s_t, new_states, {"o": o_t, "i": i_t, "s_tilde": s_tilde_t, "s": s_t}
@@ -152,8 +197,8 @@ class GRU(GatedRNN):
 
     Args:
         units, activation, recurrent_activation, use_bias, *_initializer,
-        *_regularizer, *_constraint, dropout, recurrent_dropout, seed: See
-            ``GRUCell``.
+        *_regularizer, *_constraint, dropout, recurrent_dropout, seed,
+        weight_layout: See ``GRUCell``.
         activity_regularizer, return_sequences, return_state, go_backwards,
         stateful, unroll, zero_output_for_mask: As in ``keras_gates.LSTM``.
         reset_after: Accepted for drop-in compatibility, and must be False
@@ -201,6 +246,7 @@ class GRU(GatedRNN):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: int | None = None,
+        weight_layout: str = "keras",
         return_sequences: bool = False,
         return_state: bool = False,
         go_backwards: bool = False,
@@ -241,6 +287,7 @@ class GRU(GatedRNN):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
+            weight_layout=weight_layout,
             dtype=kwargs.get("dtype"),
             trainable=kwargs.get("trainable", True),
             name="gru_cell",

@@ -13,14 +13,17 @@ With ``forget_gate=False`` (the lecture's variant with output and input gates
 only) there is no f_t and s_t = s_{t-1} + i_t * s~_t. ``sigmoid`` is
 ``recurrent_activation`` and ``tanh`` is ``activation``, as in Keras.
 
-Weights, gate blocks side by side in this order:
+Weights: exactly ``keras.layers.LSTM``'s variables (names, shapes, and its
+gate-block order i, f, c, o, where Keras's c is the candidate s~), so the
+built-in's checkpoints load here and ours there, unchanged:
 
-    kernel            (input_dim, 4 * units) = [U_o | U_i | U_f | U]
-    recurrent_kernel  (units, 4 * units)     = [W_o | W_i | W_f | W]
-    bias              (4 * units,)           = [b_o | b_i | b_f | b]
+    kernel            (input_dim, 4 * units) = [U_i | U_f | U | U_o]
+    recurrent_kernel  (units, 4 * units)     = [W_i | W_f | W | W_o]
+    bias              (4 * units,)           = [b_i | b_f | b | b_o]
 
-The maths equals ``keras.layers.LSTM`` with its blocks (i, f, c, o) reordered
-to (o, i, f, s~); ``keras_gates.from_keras`` / ``to_keras`` do the mapping.
+With ``forget_gate=False`` the f blocks are absent: [U_i | U | U_o] (3 units
+wide), and no built-in LSTM checkpoint fits it. The maths equals
+``keras.layers.LSTM`` (``unit_forget_bias`` included).
 
 References: Hochreiter & Schmidhuber (1997), "Long short-term memory";
 Mitesh M. Khapra, CS7015 Deep Learning, lecture 14 (LSTMs and GRUs).
@@ -31,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gates import checks
@@ -65,6 +69,11 @@ class LSTMCell(GatedCell):
         seed: Integer seed for the dropout masks.
         forget_gate: False for the lecture's variant without a forget gate:
             s_t = s_{t-1} + i_t * s~_t. Default True.
+        weight_layout: The block order of the weights this cell loads next:
+            ``"keras"`` (default; what it builds and saves) or ``"lecture"``
+            for files written by keras_gates 0.1 before it used Keras's
+            order ([o | i | f | s~]); converted on load. A ``.keras`` file
+            says which in its config.
 
     Call arguments:
         inputs: x_t, shape (batch, input_dim).
@@ -104,6 +113,7 @@ class LSTMCell(GatedCell):
         recurrent_dropout: float = 0.0,
         seed: int | None = None,
         forget_gate: bool = True,
+        weight_layout: str = "keras",
         **kwargs,
     ):
         unit_forget_bias = checks.boolean("unit_forget_bias", unit_forget_bias)
@@ -125,6 +135,7 @@ class LSTMCell(GatedCell):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
+            weight_layout=weight_layout,
             **kwargs,
         )
         self.unit_forget_bias = unit_forget_bias
@@ -137,18 +148,51 @@ class LSTMCell(GatedCell):
             return ("o", "i", "f", "s_tilde")
         return ("o", "i", "s_tilde")
 
+    @property
+    def weight_blocks(self) -> tuple[str, ...]:
+        # keras.layers.LSTM's order; its c is the candidate s~.
+        return ("i", "f", "c", "o") if self.forget_gate else ("i", "c", "o")
+
+    def lecture_to_keras(self, array):
+        # keras_gates 0.1 stored [o | i | f | s~] ([o | i | s~] without f).
+        blocks = np.split(np.asarray(array), self.num_gate_blocks, axis=-1)
+        if self.forget_gate:
+            o, i, f, s_tilde = blocks
+            return np.concatenate([i, f, s_tilde, o], axis=-1)
+        o, i, s_tilde = blocks
+        return np.concatenate([i, s_tilde, o], axis=-1)
+
+    def mismatch_reason(self, key, stored_shape):
+        u = self.units
+        if key in ("0", "1") and stored_shape[-1] in (3 * u, 4 * u):
+            if self.forget_gate and stored_shape[-1] == 3 * u:
+                return (
+                    "The checkpoint has 3 gate blocks [i | c | o]: it was "
+                    "written by keras_gates.LSTM(forget_gate=False). Build this "
+                    "layer with forget_gate=False to load it."
+                )
+            if not self.forget_gate and stored_shape[-1] == 4 * u:
+                return (
+                    "The checkpoint has 4 gate blocks [i | f | c | o]: an LSTM "
+                    "with a forget gate (keras.layers.LSTM, or keras_gates.LSTM "
+                    "with forget_gate=True), and this layer has "
+                    "forget_gate=False, so there is no f block to put it in. "
+                    "Build the layer with forget_gate=True to load it."
+                )
+        return super().mismatch_reason(key, stored_shape)
+
     def make_bias_initializer(self):
         if not (self.unit_forget_bias and self.forget_gate):
             return self.bias_initializer
 
         def bias_with_forget_ones(shape, dtype=None):
-            # [b_o | b_i | b_f = 1 | b]
+            # [b_i | b_f = 1 | b | b_o], as keras.layers.LSTM
             u = self.units
             return ops.concatenate(
                 [
-                    self.bias_initializer((2 * u,), dtype=dtype),
-                    ops.ones((u,), dtype=dtype),
                     self.bias_initializer((u,), dtype=dtype),
+                    ops.ones((u,), dtype=dtype),
+                    self.bias_initializer((2 * u,), dtype=dtype),
                 ]
             )
 
@@ -158,10 +202,12 @@ class LSTMCell(GatedCell):
         h_tm1, s_tm1 = states  # (batch, units) each
         x_t = self.dropped_inputs(inputs, training)
         h_tm1_in = self.dropped_state(h_tm1, training)
+        # One pre-activation per block, in the weights' (Keras's) order:
+        # a_i = W_i h_{t-1} + U_i x_t + b_i, ..., a_s = W h_{t-1} + U x_t + b.
         if self.forget_gate:
-            a_o, a_i, a_f, a_s = self.gate_blocks(x_t, h_tm1_in)
+            a_i, a_f, a_s, a_o = self.gate_blocks(x_t, h_tm1_in)
         else:
-            a_o, a_i, a_s = self.gate_blocks(x_t, h_tm1_in)
+            a_i, a_s, a_o = self.gate_blocks(x_t, h_tm1_in)
 
         o_t = self.recurrent_activation(a_o)
         i_t = self.recurrent_activation(a_i)
@@ -203,7 +249,8 @@ class LSTM(GatedRNN):
     Args:
         units, activation, recurrent_activation, use_bias, *_initializer,
         unit_forget_bias, *_regularizer, *_constraint, dropout,
-        recurrent_dropout, seed, forget_gate: See ``LSTMCell``.
+        recurrent_dropout, seed, forget_gate, weight_layout: See
+            ``LSTMCell``.
         activity_regularizer: Regularizer on the layer's output.
         return_sequences: Return h_t at every step (batch, time, units)
             instead of the last one. Default False.
@@ -269,6 +316,7 @@ class LSTM(GatedRNN):
         recurrent_dropout: float = 0.0,
         seed: int | None = None,
         forget_gate: bool = True,
+        weight_layout: str = "keras",
         return_sequences: bool = False,
         return_state: bool = False,
         go_backwards: bool = False,
@@ -307,6 +355,7 @@ class LSTM(GatedRNN):
             recurrent_dropout=recurrent_dropout,
             seed=seed,
             forget_gate=forget_gate,
+            weight_layout=weight_layout,
             dtype=kwargs.get("dtype"),
             trainable=kwargs.get("trainable", True),
             name="lstm_cell",

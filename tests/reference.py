@@ -1,7 +1,11 @@
 """The independent oracle: SPEC §1 in plain NumPy, float64, one step at a time.
 
 Nothing here imports keras_gates or Keras. Weights come in the documented
-layout (gate blocks side by side: LSTM [o | i | f | s~], GRU [o | i | s~]);
+layout, which is the Keras built-ins' (gate blocks side by side: LSTM
+[i | f | c | o] with c = s~, no f without the forget gate; GRU(reset_after=
+False) [z | r | h] with r = o, h = s~ and z the update gate, i = 1 - z);
+each step function names the blocks explicitly, then writes the lecture's
+equations;
 the sequence driver follows keras.layers.RNN's documented semantics for masks
 (a masked step keeps the state and repeats the previous output, or outputs
 zeros with zero_output_for_mask), go_backwards (read from the end, outputs in
@@ -29,10 +33,11 @@ def lstm_step(
     U = np.split(kernel, kernel.shape[-1] // u, axis=-1)
     W = np.split(recurrent_kernel, recurrent_kernel.shape[-1] // u, axis=-1)
     b = np.split(bias, bias.shape[-1] // u) if bias is not None else [0.0] * len(U)
+    # Keras's block order i, f, c, o; its c is the candidate s~.
     if forget_gate:
-        (U_o, U_i, U_f, U_s), (W_o, W_i, W_f, W_s), (b_o, b_i, b_f, b_s) = U, W, b
+        (U_i, U_f, U_s, U_o), (W_i, W_f, W_s, W_o), (b_i, b_f, b_s, b_o) = U, W, b
     else:
-        (U_o, U_i, U_s), (W_o, W_i, W_s), (b_o, b_i, b_s) = U, W, b
+        (U_i, U_s, U_o), (W_i, W_s, W_o), (b_i, b_s, b_o) = U, W, b
     o_t = sigmoid(h_tm1 @ W_o + x_t @ U_o + b_o)
     i_t = sigmoid(h_tm1 @ W_i + x_t @ U_i + b_i)
     s_tilde_t = np.tanh(h_tm1 @ W_s + x_t @ U_s + b_s)
@@ -56,11 +61,13 @@ def gru_step(x_t, s_tm1, kernel, recurrent_kernel, bias, r_mask=1.0):
     carry (1 - i_t) * s_{t-1} keeps the undropped state).
     """
     s_in = s_tm1 * r_mask
-    U_o, U_i, U_s = np.split(kernel, 3, axis=-1)
-    W_o, W_i, W_s = np.split(recurrent_kernel, 3, axis=-1)
-    b_o, b_i, b_s = np.split(bias, 3) if bias is not None else (0.0, 0.0, 0.0)
+    # Keras's GRU(reset_after=False) block order z, r, h: the update gate z
+    # (the lecture's i = 1 - z), the reset gate r = o, h the candidate s~.
+    U_z, U_o, U_s = np.split(kernel, 3, axis=-1)
+    W_z, W_o, W_s = np.split(recurrent_kernel, 3, axis=-1)
+    b_z, b_o, b_s = np.split(bias, 3) if bias is not None else (0.0, 0.0, 0.0)
     o_t = sigmoid(s_in @ W_o + x_t @ U_o + b_o)
-    i_t = sigmoid(s_in @ W_i + x_t @ U_i + b_i)
+    i_t = 1.0 - sigmoid(s_in @ W_z + x_t @ U_z + b_z)
     s_tilde_t = np.tanh((o_t * s_in) @ W_s + x_t @ U_s + b_s)
     s_t = (1.0 - i_t) * s_tm1 + i_t * s_tilde_t
     return (s_t,), {"o": o_t, "i": i_t, "s_tilde": s_tilde_t, "s": s_t}

@@ -157,15 +157,27 @@ def test_cell_in_rnn_equals_step_by_step(variant):
 
 
 def test_weight_layout(variant):
-    """Names and shapes of SPEC §1's layout (a stored manifest, haiku-style)."""
+    """Names and shapes of SPEC §1's layout (a stored manifest, haiku-style),
+    and, with a forget gate, exactly the built-in's variables."""
     layer = make_layer(variant, 5, 3)
     blocks = {"lstm": 4, "lstm_no_forget": 3, "gru": 3}[variant]
-    manifest = [(w.path.split("/")[-1], tuple(w.shape)) for w in layer.weights]
+    manifest = [(w.path.split("/")[-2:], tuple(w.shape)) for w in layer.weights]
+    cell_name = "gru_cell" if variant == "gru" else "lstm_cell"
     assert manifest == [
-        ("kernel", (3, blocks * 5)),
-        ("recurrent_kernel", (5, blocks * 5)),
-        ("bias", (blocks * 5,)),
+        ([cell_name, "kernel"], (3, blocks * 5)),
+        ([cell_name, "recurrent_kernel"], (5, blocks * 5)),
+        ([cell_name, "bias"], (blocks * 5,)),
     ]
+    if variant != "lstm_no_forget":
+        builtin = (
+            keras.layers.GRU(5, reset_after=False)
+            if variant == "gru"
+            else keras.layers.LSTM(5)
+        )
+        builtin.build((None, None, 3))
+        assert manifest == [
+            (w.path.split("/")[-2:], tuple(w.shape)) for w in builtin.weights
+        ]
 
 
 def test_unit_forget_bias_initialises_forget_block():
@@ -175,8 +187,11 @@ def test_unit_forget_bias_initialises_forget_block():
     lstm.build((None, None, 2))
     bias = as_numpy(lstm.cell.bias)
     np.testing.assert_array_equal(
-        bias, [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
-    )  # [o|i|f|s~]
+        bias, [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    )  # [i|f|c|o]: ones on the f block
+    builtin = keras.layers.LSTM(3, bias_initializer="zeros")
+    builtin.build((None, None, 2))
+    np.testing.assert_array_equal(bias, as_numpy(builtin.cell.bias))
     off = LSTM(3, unit_forget_bias=False)
     off.build((None, None, 2))
     np.testing.assert_array_equal(as_numpy(off.cell.bias), np.zeros(12))
