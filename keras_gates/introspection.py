@@ -8,9 +8,10 @@ pictures, answered here with numbers:
   o_t, i_t, f_t, s~_t, s_t, h_t or the GRU's o_t, i_t, s~_t, s_t (SPEC §1).
   The numbers come from the layer's own cell (its ``call(...,
   return_gates=True)``) run by ``keras.layers.RNN``'s own loop, with the
-  layer's weights, ``go_backwards``, ``unroll`` and initial state, and the
-  RNN's mask rule (a masked step keeps the state): the same arithmetic as
-  the layer's step, not a re-implementation that can drift.
+  layer's weights, ``go_backwards``, ``unroll`` and initial state (in a
+  model: the state the model feeds the layer, e.g. an encoder's final
+  [h, s]), and the RNN's mask rule (a masked step keeps the state): the same
+  arithmetic as the layer's step, not a re-implementation that can drift.
 - Do gradients survive the distance? ``gradient_flow`` measures
   ||d loss_T / d x_k|| for every earlier step k: the vanishing-gradient
   picture (Bengio et al., 1994; Pascanu et al., 2013), measured on any
@@ -129,6 +130,17 @@ def _gated_cell(layer: Any, argument: str) -> GatedCell:
     cell = getattr(layer, "cell", None)
     if isinstance(layer, keras.layers.RNN) and isinstance(cell, GatedCell):
         return cell
+    if isinstance(layer, keras.layers.RNN) and isinstance(
+        cell, keras.layers.StackedRNNCells
+    ):
+        kinds = ", ".join(type(c).__name__ for c in cell.cells)
+        raise TypeError(
+            f"`{argument}` is a keras.layers.RNN '{layer.name}' over "
+            f"{len(cell.cells)} stacked cells ({kinds}), and a trace follows one "
+            "cell's loop. Give each cell its own layer (e.g. keras_gates.LSTM(..., "
+            "return_sequences=True) then keras_gates.GRU(...)) and trace them one "
+            "at a time."
+        )
     if isinstance(layer, keras.layers.Bidirectional):
         raise TypeError(
             f"`{argument}` must be one keras_gates LSTM/GRU layer; received a "
@@ -184,6 +196,7 @@ def gate_sequences(
         initial_state: Optional list of (batch, units) tensors, as the layer
             takes it ([h_0, s_0] for the LSTM, [s_0] for the GRU). Default:
             zeros, or the current state of a stateful layer (left unchanged).
+            (``trace_gates`` on a model passes the state the model feeds.)
         masked_value: What the gates (not ``s``/``h``) read at masked steps.
             Default NaN; use 0.0 where NaN cannot travel (JSON).
 
@@ -294,27 +307,66 @@ def _find_layer(model: keras.Model, layer: Any) -> Any:
     )
 
 
-def _layer_feed(model: keras.Model, target: Any, inputs: Any):
-    """The tensors `model` hands `target`: its sequences and mask, if any."""
-    nodes = getattr(target, "_inbound_nodes", None) or []
+def _symbolic_call_arguments(layer: Any) -> tuple[list, dict] | None:
+    """The arguments of ``layer``'s first call on symbolic tensors (private Keras).
+
+    What: ``(args, kwargs)`` as the layer's ``call`` received them in the
+    model's graph, as KerasTensors (the sequences; ``initial_state`` and
+    ``mask`` when the model passes them); None if the layer was never called
+    on symbolic tensors.
+
+    Why private: Keras records each such call as a Node in
+    ``layer._inbound_nodes``, whose ``arguments`` keep which tensor went to
+    which argument. The public ``layer.input`` is only the flat list of the
+    tensors, which cannot tell an initial state from a mask. This helper is
+    this module's one use of private Keras.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None) or []
     if not nodes:
+        return None
+    arguments = nodes[0].arguments
+    return list(arguments.args), dict(arguments.kwargs)
+
+
+def _call_argument(args: list, kwargs: dict, name: str, position: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
+def _layer_feed(model: keras.Model, target: Any, inputs: Any):
+    """What `model` hands `target`: its sequences, mask and initial state.
+
+    Returns ``(sequences, mask or None, initial_state list or None)`` for
+    ``inputs``, computed by the model's own layers up to `target`.
+    """
+    call = _symbolic_call_arguments(target)
+    if call is None:
         raise ValueError(
             f"`layer` '{target.name}' has never been called inside model "
             f"'{model.name}', so there is no path from the model's inputs to it; "
             f"build the model on a keras.Input first."
         )
-    arguments = nodes[0].arguments
-    sequences = arguments.args[0]
-    upstream_mask = arguments.kwargs.get("mask")
+    args, kwargs = call
+    # keras.layers.RNN.call(sequences, initial_state=None, mask=None, ...)
+    sequences = args[0]
+    upstream_mask = _call_argument(args, kwargs, "mask", 2)
+    upstream_state = _call_argument(args, kwargs, "initial_state", 1)
+    if upstream_state is not None:
+        upstream_state = _as_state_list(upstream_state)
+    wanted = [sequences]
+    if upstream_mask is not None:
+        wanted.append(upstream_mask)
+    wanted += upstream_state or []
     model_inputs = model.inputs
     feeder = keras.Model(
-        model_inputs[0] if len(model_inputs) == 1 else model_inputs,
-        sequences if upstream_mask is None else [sequences, upstream_mask],
+        model_inputs[0] if len(model_inputs) == 1 else model_inputs, wanted
     )
     fed = feeder(inputs, training=False)
-    if upstream_mask is None:
-        return fed, None
-    return fed[0], fed[1]
+    fed = list(fed) if isinstance(fed, (list, tuple)) else [fed]
+    sequences = fed.pop(0)
+    mask = fed.pop(0) if upstream_mask is not None else None
+    return sequences, mask, (fed or None)
 
 
 def trace_gates(
@@ -340,8 +392,10 @@ def trace_gates(
             For a model, the mask the model itself makes upstream (e.g.
             ``Embedding(mask_zero=True)``) is used unless this is given.
         initial_state: Optional list of (batch, units) arrays: [h_0, s_0] for
-            the LSTM, [s_0] for the GRU. Default zeros (or the current state
-            of a stateful layer, which is not changed).
+            the LSTM, [s_0] for the GRU. Default: for a model, the state the
+            model feeds the layer (another layer's final state, an Input),
+            as the layer's own call gets it; otherwise zeros (or the current
+            state of a stateful layer, which is not changed).
         layer: With a model: the traced layer's name, index in
             ``model.layers``, or the layer object.
         masked_value: The value of ``o``, ``i``, ``f``, ``s_tilde`` at masked
@@ -383,9 +437,13 @@ def trace_gates(
             layer = gated[0]
         target = _find_layer(layer_or_model, layer)
         _gated_cell(target, "layer")
-        sequences, upstream_mask = _layer_feed(layer_or_model, target, inputs)
+        sequences, upstream_mask, upstream_state = _layer_feed(
+            layer_or_model, target, inputs
+        )
         if mask is None:
             mask = upstream_mask
+        if initial_state is None:
+            initial_state = upstream_state
     else:
         if layer is not None:
             raise ValueError(

@@ -251,6 +251,54 @@ def test_gate_sequences_inside_tf_function(variant):
     assert gates(random_inputs(5, 9, 3), np.ones((5, 9), bool))["s"].shape == (5, 9, 4)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_seq2seq_trace_starts_from_the_state_the_model_feeds(kind):
+    """A decoder whose initial_state is the encoder's final state: the trace
+    equals the NumPy oracle's decoder run from the oracle encoder's final
+    state, and the decoder's real per-step outputs (h_t, or the GRU's s_t)."""
+    variant = kind
+    encoder = make_layer(variant, 4, 3, seed=1, return_state=True, name="encoder")
+    decoder = make_layer(variant, 4, 2, seed=2, return_sequences=True, name="decoder")
+    enc_in = keras.Input((None, 3), name="x_enc")
+    dec_in = keras.Input((None, 2), name="x_dec")
+    _, *enc_states = encoder(enc_in)
+    dec_seq = decoder(dec_in, initial_state=enc_states)
+    model = keras.Model([enc_in, dec_in], keras.layers.Dense(1)(dec_seq))
+    x_enc, x_dec = random_inputs(2, 6, 3, seed=3), random_inputs(2, 5, 2, seed=4)
+
+    _, _, enc_final, _ = reference(variant, encoder, x_enc)
+    want = expected_trace(variant, decoder, x_dec, None, False, enc_final)
+    got = trace_gates_(model, [x_enc, x_dec], layer="decoder")
+    assert_trace_equal(got, want)
+    real = as_numpy(keras.Model(model.inputs, dec_seq)([x_enc, x_dec]))
+    output_name = "h" if kind == "lstm" else "s"
+    np.testing.assert_allclose(got[output_name], real, rtol=RTOL, atol=ATOL)
+    # A zero start is far from it (what the trace gave before).
+    zero_start = expected_trace(variant, decoder, x_dec, None, False)
+    assert np.max(np.abs(zero_start["s"] - want["s"])) > 1e-2
+    # An explicit initial_state still wins over the model's.
+    zeros = [np.zeros((2, 4), "float32") for _ in enc_final]
+    explicit = trace_gates_(model, [x_enc, x_dec], layer="decoder", initial_state=zeros)
+    assert_trace_equal(explicit, zero_start)
+
+
+def test_trace_starts_from_a_state_input_of_the_model():
+    layer = make_layer("gru", 3, 2, return_sequences=True, name="gru")
+    x_in, s_in = keras.Input((None, 2)), keras.Input((3,))
+    model = keras.Model([x_in, s_in], layer(x_in, initial_state=[s_in]))
+    x = random_inputs(2, 4, 2)
+    s0 = random_inputs(1, 2, 3, seed=5)[0]
+    want = expected_trace("gru", layer, x, None, False, [s0])
+    assert_trace_equal(trace_gates_(model, [x, s0], layer="gru"), want)
+
+
+def test_stacked_cells_rnn_gets_a_message_that_says_what_it_is():
+    layer = keras.layers.RNN([keras_gates.LSTMCell(3), keras_gates.GRUCell(3)])
+    layer.build((None, None, 2))
+    with pytest.raises(TypeError, match="over 2 stacked cells \\(LSTMCell, GRUCell\\)"):
+        trace_gates_(layer, random_inputs(1, 4, 2))
+
+
 def test_errors_name_the_argument():
     layer = make_layer("lstm", 4, 3)
     with pytest.raises(TypeError, match="`layer_or_model`.*SimpleRNN"):
