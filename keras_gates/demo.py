@@ -212,7 +212,16 @@ class _Batches:
             )
 
 
-def _train(model, config, test, seed, verbose) -> dict[str, Any]:
+def _gate_monitor(x_test, log_dir) -> list:
+    """TensorBoard logs of the gates as they train (`tensorboard --logdir`)."""
+    if log_dir is None:
+        return []
+    from keras_gates.monitor import GateMonitor
+
+    return [GateMonitor(x_test[:8], log_dir, gradient_flow=True)]
+
+
+def _train(model, config, test, seed, verbose, log_dir=None) -> dict[str, Any]:
     import keras
 
     x_test, y_test = test
@@ -235,7 +244,7 @@ def _train(model, config, test, seed, verbose) -> dict[str, Any]:
         steps_per_epoch=config["eval_every"],
         epochs=epochs,
         validation_data=(x_test, y_test),
-        callbacks=[EvaluateEvery()],
+        callbacks=[EvaluateEvery()] + _gate_monitor(x_test, log_dir),
         verbose=1 if verbose else 0,
     )
     seconds = time.perf_counter() - start
@@ -250,23 +259,18 @@ def _train(model, config, test, seed, verbose) -> dict[str, Any]:
     }
 
 
-def _next_version(folder: Path) -> int:
-    versions = [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def _export(models: dict[str, Any], base: Path) -> dict[str, Any]:
     """Each trained model as the next version of `base/adding_<key>`.
 
-    keras_gates models go through `export_for_serving` (verified with TF
-    Serving's C++ loader); the SimpleRNN baseline through Keras's own
-    `model.export`, staged beside the base and moved into place the same way.
-    Existing versions are never touched.
+    keras_gates models go through `export_for_serving` (every signature proven
+    against the model, then checked with TF Serving's C++ loader); the
+    SimpleRNN baseline through Keras's own `model.export`, published the same
+    way (`keras_gates.serving.publish`: staged, locked, moved into place in one
+    rename). Existing versions are never touched.
     """
-    import tempfile
-
     import keras_gates
-    from keras_gates.serving import export_for_serving, update_models_config
+    from keras_gates.serving import publish
+    from keras_gates.serving.export import export_for_serving
 
     paths, errors, notes = {}, {}, {}
     for key, model in models.items():
@@ -279,19 +283,20 @@ def _export(models: dict[str, Any], base: Path) -> dict[str, Any]:
             if gated:
                 path = export_for_serving(model, base, name)
             else:
-                base.mkdir(parents=True, exist_ok=True)
-                path = base / name / str(_next_version(base / name))
-                # Staged beside the base, as export_for_serving does: a kill
-                # leaves the base untouched.
-                staging_parent = base.resolve().parent
-                with tempfile.TemporaryDirectory(
-                    dir=staging_parent, prefix=f".{base.name}.demo-"
-                ) as stage:
-                    staged = Path(stage) / "export"
-                    model.export(str(staged), format="tf_saved_model", verbose=False)
-                    path.parent.mkdir(exist_ok=True)
-                    os.replace(staged, path)
-                update_models_config(base, name)
+                base_path = publish.check_base(base)
+                created = publish.make_dirs(base_path.parent)
+                try:
+                    with publish.Staging(base_path) as staging:
+                        model.export(
+                            str(staging.export_dir),
+                            format="tf_saved_model",
+                            verbose=False,
+                        )
+                        path = staging.publish(name, None, shown_base=base)
+                        created = []
+                finally:
+                    publish.remove_empty(created)
+                publish.update_models_config(base_path, name)
                 notes[key] = "keras.Model.export (not a keras_gates model)"
             paths[key] = str(path)
         except Exception as error:  # reported in results.json and the exit code
@@ -436,7 +441,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n[{key}] training (at most {config['max_steps']} steps)")
         model = _build(key, config, args.seed)
         flows_before[key] = gradient_flow(model, probe)
-        results[key] = _train(model, config, test, args.seed + 10 + index, verbose)
+        log_dir = None if key == "rnn" else out / "tensorboard" / key
+        results[key] = _train(
+            model, config, test, args.seed + 10 + index, verbose, log_dir
+        )
         flows_after[key] = gradient_flow(model, probe)
         results[key]["gradient_norm"] = {
             stage: {
@@ -487,10 +495,12 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + _table(results))
     print(f"\nWrote {out / 'results.json'}, {', '.join(pictures)}")
     if export.get("format") == "tf_serving":
-        print(f"Exported for TF Serving under {export['base']}")
-    elif export.get("format") == "keras":
-        print(export["note"])
-    if export.get("errors"):
-        print(f"Export failed: {export['errors']}")
-        return 1
+        for key, path in export["paths"].items():
+            print(f"Exported {key} for TF Serving: {path}")
+        for key, error in export.get("errors", {}).items():
+            print(f"Export of {key} failed: {error}")
+        if export.get("errors"):
+            return 1
+    else:
+        print(f"Not exported ({export.get('note', 'no export')}).")
     return 0

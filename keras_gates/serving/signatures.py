@@ -83,12 +83,27 @@ def sequence_spec(description: Description):
     return tf.TensorSpec((None, time, description.features), tf.float32)
 
 
+EMPTY_TEXT = (
+    "`text`: a request needs at least one string with a word the model reads; "
+    "received only empty strings (or only words its vocabulary drops)"
+)
+
+
 def _text_input(description: Description, text):
+    """The strings as the model takes them; a request of only empty strings
+    (zero steps once vectorized: no output is defined for it) is refused with
+    a message the client sees, not an error from deep inside the loop."""
     import tensorflow as tf
 
     if len(description.input_shape) == 2:  # the model takes (batch, 1)
-        return tf.expand_dims(text, -1)
-    return text
+        text = tf.expand_dims(text, -1)
+    vectorizer = description.vectorizer
+    if vectorizer.get_config().get("output_sequence_length"):
+        return text  # padded to a fixed length: never empty
+    steps = tf.shape(vectorizer(text))[-1]
+    check = tf.debugging.assert_positive(steps, message=EMPTY_TEXT)
+    with tf.control_dependencies([check]):
+        return tf.identity(text)
 
 
 def _run_layers(layers, x, mask=None):

@@ -55,13 +55,7 @@ from keras_gates.serving.checks import REPORT_PREFIX, Report
 BATCH_SIZES = (1, 2, 7)
 TIME_STEPS = (3, 8)
 MAX_WARMUP_RECORDS = 1000
-# float32 graph against float32 Keras: the same ops in another order.
-ATOL = 1e-5
-RTOL = 1e-4
-# Mixed precision (float16/bfloat16 layers): the graph and Keras round the same
-# ops apart by an ulp or so; bfloat16's ulp is 2**-7 of the value.
-HALF_ATOL = HALF_RTOL = 2e-2
-HALF_DTYPES = ("float16", "bfloat16")
+# Tolerances with --model: keras_gates.serving.proofs.tolerance (as at export).
 
 
 def _check_dir(path: Any) -> Path:
@@ -329,18 +323,39 @@ def serving_latency(
     }
 
 
+def latency_of_export(path: str | os.PathLike, time_steps: int) -> dict[str, Any]:
+    """`serving_latency` of serving_default at batch 1 on the export's own
+    sample input of `time_steps` steps (from its keras_gates.json).
+
+    Returns:
+        serving_latency's dict, plus "jit_compile" (whether the export says its
+        signatures are XLA-compiled).
+    """
+    from keras_gates.serving import samples
+    from keras_gates.serving.layout import METADATA_PATH
+
+    path = _check_dir(path)
+    metadata_path = path / METADATA_PATH
+    if not metadata_path.is_file():
+        raise ValueError(
+            f"`path`: {path} has no {METADATA_PATH}; time a keras_gates export, "
+            "or call serving_latency with your own inputs."
+        )
+    metadata = json.loads(metadata_path.read_text())
+    x = samples.sequence(metadata, 1, time_steps, seed=0, pad=False)
+    if x.dtype == object:
+        x = x.astype(str)
+    timing = serving_latency(path, {metadata["input_name"]: x})
+    return {**timing, "jit_compile": bool(metadata.get("jit_compile"))}
+
+
 def _compare_with_keras(report: Report, model: Any, served) -> None:
     """`model` (a keras.Model: verify_saved_model loads paths first) vs served."""
     import keras
 
-    from keras_gates.serving.analysis import sublayers
+    from keras_gates.serving.proofs import tolerance
 
-    atol, rtol = ATOL, RTOL
-    if any(
-        getattr(layer, "compute_dtype", None) in HALF_DTYPES
-        for layer in sublayers(model)
-    ):
-        atol, rtol = HALF_ATOL, HALF_RTOL
+    atol, rtol = tolerance(model)
     worst = 0.0
     compared = 0
     for key in served.files:
@@ -353,7 +368,17 @@ def _compare_with_keras(report: Report, model: Any, served) -> None:
             x = x.astype(str)
             if len(model.inputs[0].shape) == 2:  # the model takes (batch, 1)
                 x = x[:, None]
-        want = keras.ops.convert_to_numpy(model(x, training=False))
+        try:
+            want = keras.ops.convert_to_numpy(model(x, training=False))
+        except Exception as error:  # the report says why, not a bare traceback
+            first = str(error).strip().splitlines()[0][:300] if str(error) else ""
+            report.add(
+                "outputs equal the Keras model's",
+                False,
+                f"the Keras model refuses the served input of shape {x.shape} "
+                f"(does --model match this export?): {type(error).__name__}: {first}",
+            )
+            return
         got = served[f"out:{run}:outputs"]
         if want.shape != got.shape:
             report.add(
