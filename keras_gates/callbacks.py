@@ -13,14 +13,83 @@ then undone (every model and optimizer variable, random seed states
 included, is put back as it was before the batch), so training continues
 from exactly where the backup was taken, as long as the data order is
 reproducible (``shuffle=False``, or a seeded shuffle).
+
+What makes "the batches the backup already holds" the same batches is the
+way ``fit`` cuts the data: its batch size, steps per epoch and shuffle. The
+callback records them beside Keras's files (``exact_resume.json``) and
+refuses a resume that changes any of them, naming the change: a resume at
+batch size 8 of a backup taken at 4 would count 8 samples per undone batch
+as done and skip the rest of them, silently.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from typing import Any
 
 import keras
+
+# Beside Keras's training_metadata.json in the backup folder.
+RECORD_FILE = "exact_resume.json"
+
+
+def _running_fit_arguments(model: keras.Model) -> dict[str, Any] | None:
+    """The arguments of the ``model.fit`` call that is running, or None.
+
+    What: ``x``, ``batch_size``, ``shuffle`` and ``steps_per_epoch`` as the
+    user passed them to ``fit``.
+
+    Why from the call stack: Keras hands a callback only ``params``
+    (epochs, steps, verbose); the batch size and shuffle that decide which
+    samples make up batch k reach no callback. They are the running
+    ``fit``'s arguments (public names of its signature), read from its frame:
+    the innermost frame of a function named ``fit`` whose ``self`` is the
+    model. None outside ``fit`` (a custom training loop). This is the
+    module's one reach into Keras's internals.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+                names = ("x", "batch_size", "shuffle", "steps_per_epoch")
+                return {name: frame.f_locals.get(name) for name in names}
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+def _is_array_data(x: Any) -> bool:
+    """Arrays (NumPy, tensors, DataFrames), which fit batches and shuffles
+    itself, as opposed to a dataset or generator, which batches itself."""
+    if isinstance(x, (list, tuple)) and x:
+        return _is_array_data(x[0])
+    if isinstance(x, dict) and x:
+        return _is_array_data(next(iter(x.values())))
+    return hasattr(x, "shape")
+
+
+def data_order_record(model: keras.Model, steps: int | None) -> dict[str, Any]:
+    """What decides which samples make up each batch of this ``fit``.
+
+    ``batch_size`` is Keras's default 32 where ``fit`` batches arrays without
+    one, None where the data batches itself (a dataset, a generator: its
+    batch size is its own); ``shuffle`` is None where Keras ignores it (the
+    same data). Unknown (outside ``fit``): every entry None.
+    """
+    arguments = _running_fit_arguments(model) or {}
+    arrays = _is_array_data(arguments.get("x"))
+    batch_size = arguments.get("batch_size")
+    if batch_size is None and arrays:
+        batch_size = 32
+    shuffle = arguments.get("shuffle") if arrays else None
+    return {
+        "batch_size": None if batch_size is None else int(batch_size),
+        "steps_per_epoch": None if steps is None else int(steps),
+        "shuffle": shuffle if isinstance(shuffle, (bool, str, type(None))) else None,
+    }
 
 
 class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -30,6 +99,11 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup_dir: Folder for the backup (as in Keras).
         save_freq: ``"epoch"`` or an integer number of batches (as in Keras).
         double_checkpoint, delete_checkpoint: As in Keras.
+
+    Raises:
+        ValueError: At the start of ``fit``, when the backup was taken with
+            another batch size, number of steps per epoch or shuffle than
+            this run's (the message names each change); nothing is loaded.
 
     Example:
 
@@ -42,6 +116,12 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._undo_epoch = None
         self._before_batch = None
         metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        record = data_order_record(self.model, (self.params or {}).get("steps"))
+        if os.path.exists(metadata_path):  # there is something to resume
+            self._check_same_data_order(record)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with open(os.path.join(self.backup_dir, RECORD_FILE), "w") as file:
+            json.dump(record, file)
         if isinstance(self.save_freq, int) and os.path.exists(metadata_path):
             with open(metadata_path) as file:
                 metadata = json.load(file)
@@ -83,6 +163,27 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 count_batch(batch)
             return
         super().on_train_batch_end(batch, logs)
+
+    def _check_same_data_order(self, record: dict[str, Any]) -> None:
+        path = os.path.join(self.backup_dir, RECORD_FILE)
+        if not os.path.exists(path):
+            return  # a backup from keras.callbacks.BackupAndRestore: no record
+        with open(path) as file:
+            recorded = json.load(file)
+        changes = [
+            f"{name}={recorded.get(name)!r} in the backup, {value!r} now"
+            for name, value in record.items()
+            if name in recorded and recorded[name] != value
+        ]
+        if changes:
+            raise ValueError(
+                f"ExactBackupAndRestore cannot resume the backup in "
+                f"'{self.backup_dir}' exactly: the data is cut into batches "
+                f"differently ({'; '.join(changes)}), so the batches it already "
+                "holds are not this run's first batches and samples would be "
+                "skipped or repeated. Call fit with the backup's values, or "
+                "delete the backup folder to start over."
+            )
 
     def _training_variables(self):
         """Every variable a training step changes, random seed states included."""
