@@ -283,3 +283,27 @@ def test_overwrite_killed_between_its_renames_keeps_the_old_version(tmp_path):
     assert path == base / "m" / "3"
     assert (base / "m" / "2" / "saved_model.pb").read_bytes() == b"version two"
     assert not staging.exists()
+
+
+def test_the_loader_child_modules_import_neither_keras_nor_tensorflow():
+    """What `keras-gates verify` runs the C++ loader in: the child's modules,
+    imported as the child imports them (package __init__ files stubbed), pull
+    in neither keras nor TensorFlow's Python package. (The `keras-gates`
+    process itself imports keras, like every subcommand: the CLI says so.)"""
+    root = os.path.dirname(keras_gates.__file__)
+    code = (
+        "import sys, types\n"
+        f"root = {root!r}\n"
+        "for name, path in (('keras_gates', root), "
+        "('keras_gates.serving', root + '/serving')):\n"
+        "    module = types.ModuleType(name); module.__path__ = [path]\n"
+        "    sys.modules[name] = module\n"
+        "from keras_gates.serving import capi, checks, layout, samples\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('keras', 'tensorflow', 'jax'))\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,6 +1,6 @@
 """Check a SavedModel the way TF Serving will load it: with its own C++ loader.
 
-    keras-gates verify DIR/NAME/VERSION [--model MODEL.keras]
+    keras-gates verify DIR/NAME/VERSION [--model MODEL.keras] [--latency STEPS]
 
 A SavedModel that loads with ``tf.saved_model.load`` can still fail in
 ``tensorflow_model_server`` (SPEC §3): the server restores by session, not by
@@ -12,7 +12,8 @@ run ``tensorflow::LoadSavedModel``, the loader the server calls. The protos are
 read with protobuf classes built from the descriptors in the wheel's ``*_pb2.py``
 files, without executing them (they import ``tensorflow``).
 
-The child checks, in order:
+The child (`keras_gates.serving.checks`, each check a named function) checks,
+in order:
 
 0. ``saved_model.pb`` and ``variables/variables.index`` with its data shards
    are present (unless the graph has no variables to restore);
@@ -33,8 +34,10 @@ the very inputs the child fed ``serving_default`` and compares (float32,
 ``atol=1e-5, rtol=1e-4``; a model with float16/bfloat16 layers, trained under a
 mixed-precision policy, ``atol=rtol=2e-2``: a few bfloat16 ulps).
 
-This module imports only the standard library and NumPy at the top, so the
-child can run it as a script.
+This module is the parent side: it starts the child (which imports
+`keras_gates.serving.checks` with the package ``__init__`` files stubbed out, so
+that neither keras nor TensorFlow's Python package is imported there) and reads
+its one-line report. The parent itself imports Keras only for ``--model``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ from keras_gates.serving.checks import REPORT_PREFIX, Report
 
 BATCH_SIZES = (1, 2, 7)
 TIME_STEPS = (3, 8)
-MAX_WARMUP_RECORDS = 1000
 # Tolerances with --model: keras_gates.serving.proofs.tolerance (as at export).
 
 
