@@ -85,16 +85,24 @@ model.summary()
 # ## Train
 #
 # 10% of the training reviews are held out for validation; training stops when
-# the validation loss stops improving.
+# the validation loss stops improving. `keras_gates.GateMonitor` writes the
+# LSTM's gates on 16 test reviews to TensorBoard after every epoch: watch them
+# with `tensorboard --logdir example_outputs/tensorboard`.
 
 # %%
+probe = test_texts[:16, None]  # (16, 1) strings, as the model takes them
+vocabulary = vectorize.get_vocabulary()
+probe_words = [vocabulary[i] for i in vectorize(probe[0]).numpy()[0]]  # "" = padding
 history = model.fit(
     train_texts[:, None],
     train_labels,
     validation_split=0.1,
     epochs=2 if TINY else 8,
     batch_size=64,
-    callbacks=[keras.callbacks.EarlyStopping(patience=2, restore_best_weights=True)],
+    callbacks=[
+        keras.callbacks.EarlyStopping(patience=2, restore_best_weights=True),
+        keras_gates.GateMonitor(probe, OUT / "tensorboard", tokens=probe_words),
+    ],
 )
 
 # %% [markdown]

@@ -62,8 +62,9 @@ LOW, HIGH = 0.05, 0.95
 # The entries that get a histogram, scalars and a heatmap panel, in order;
 # "f" is 1 - i for a GRU.
 MONITORED = ("o", "i", "f", "s_tilde")
-# Heatmap resolution: a 100-step, 16-unit picture is ~1000 x 900 pixels.
-IMAGE_DPI = 60
+# Image resolution: a 30-step, 16-unit heatmap is ~730 x 800 pixels at 60 dpi,
+# the gradient-flow curve 640 x 400 at 100.
+HEATMAP_DPI, CURVE_DPI = 60, 100
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,23 @@ def gate_statistics(name: str, values: np.ndarray) -> dict[str, float]:
     return statistics
 
 
+def _first_sequence(trace: dict, tokens: list[str] | None):
+    """Probe sequence 0, cut to the steps from its first to its last read one.
+
+    Padding is masked (NaN gates): a 200-step picture of a 15-word review
+    would be mostly blank. Returns the (1, steps, units) trace, its tokens
+    and a note of the steps kept ("" when all are).
+    """
+    read = np.isfinite(trace["o"][0]).any(axis=-1)  # (time,)
+    steps = read.shape[0]
+    if not read.any() or read.all():
+        return {name: v[:1] for name, v in trace.items()}, tokens, ""
+    start, stop = int(np.argmax(read)), steps - int(np.argmax(read[::-1]))
+    first = {name: v[:1, start:stop] for name, v in trace.items()}
+    tokens = None if tokens is None else tokens[start:stop]
+    return first, tokens, f", steps {start}-{stop - 1} of {steps}"
+
+
 @contextlib.contextmanager
 def _states_kept(model: keras.Model):
     """Put every non-trainable variable (random seed states) back afterwards.
@@ -243,11 +261,11 @@ def _states_kept(model: keras.Model):
             variable.assign(value)
 
 
-def _pixels(figure: Any) -> np.ndarray:
+def _pixels(figure: Any, dpi: int) -> np.ndarray:
     """A matplotlib Figure as (1, height, width, 3) uint8, for tf.summary.image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    figure.set_dpi(IMAGE_DPI)
+    figure.set_dpi(dpi)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[None, :, :, :3].copy()
@@ -499,19 +517,20 @@ class GateMonitor(keras.callbacks.Callback):
                     tf.summary.histogram(f"{tag}/{name}", values)
                     for key, value in gate_statistics(name, values).items():
                         tf.summary.scalar(f"{tag}/{name}/{key}", value)
+                first, tokens, steps = _first_sequence(trace, self.tokens)
                 figure = plots.plot_gate_heatmap(
-                    trace,
-                    tokens=self.tokens,
-                    gates=list(trace),
+                    first,
+                    tokens=tokens,
+                    gates=list(first),
                     max_units=self.max_units,
-                    title=f"{tag}, epoch {int(step) + 1}, probe sequence 0",
+                    title=f"{tag}, epoch {int(step) + 1}, probe sequence 0{steps}",
                 )
-                tf.summary.image(f"{tag}/heatmap", _pixels(figure))
+                tf.summary.image(f"{tag}/heatmap", _pixels(figure, HEATMAP_DPI))
             if flow is not None:
                 figure = plots.plot_gradient_flow(
                     {model.name: flow},
                     title=f"Gradient flow, epoch {int(step) + 1}",
                 )
-                tf.summary.image("gradient_flow/curve", _pixels(figure))
+                tf.summary.image("gradient_flow/curve", _pixels(figure, CURVE_DPI))
                 tf.summary.scalar("gradient_flow/at_start", float(flow["norm"][-1]))
         self._writer.flush()
