@@ -433,15 +433,33 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _option_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, before minutes of benchmark run."""
+    if args.repeats is not None and args.repeats < 1:
+        return f"`--repeats` must be a positive integer; received {args.repeats}."
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            return (
+                f"`--json` must be a file in an existing folder; received "
+                f"{args.json!r}, and {folder!r} is not a folder."
+            )
+        if os.path.isdir(args.json):
+            return f"`--json` must be a file path; received the folder {args.json!r}."
+        if not os.access(folder, os.W_OK):
+            return f"`--json`: the folder {folder!r} is not writable."
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.memory_child:
         family, label, steps, features, units = args.memory_child
         return _memory_child(family, label, int(steps), int(features), int(units))
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(
-            f"`--repeats` must be a positive integer; received {args.repeats}."
-        )
+    error = _option_error(args)
+    if error:  # one line, no traceback, nothing run
+        print(f"keras-gates bench: {error}", file=sys.stderr)
+        return 2
     results = run_benchmark(
         quick=args.quick,
         repeats=args.repeats,

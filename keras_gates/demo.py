@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -143,16 +144,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     config = dict(QUICK if args.quick else FULL)
-    for key, value in (
-        ("seq_len", args.seq_len),
-        ("max_steps", args.steps),
-        ("units", args.units),
+    for key, option, value in (
+        ("seq_len", "--seq-len", args.seq_len),
+        ("max_steps", "--steps", args.steps),
+        ("units", "--units", args.units),
     ):
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(
-                    f"`--{key.replace('_', '-')}` must be a positive integer; "
-                    f"received {value!r}."
+                    f"`{option}` must be a positive integer; received {value!r}."
                 )
             config[key] = value
     if config["seq_len"] < 2:
@@ -244,6 +244,9 @@ def _train(model, config, test, seed, verbose, log_dir=None) -> dict[str, Any]:
         steps_per_epoch=config["eval_every"],
         epochs=epochs,
         validation_data=(x_test, y_test),
+        # The batches come from a generator, which Keras cannot shuffle (it
+        # warns that shuffle=True is ignored); they are fresh every time.
+        shuffle=False,
         callbacks=[EvaluateEvery()] + _gate_monitor(x_test, log_dir),
         verbose=1 if verbose else 0,
     )
@@ -418,7 +421,11 @@ def run(args: argparse.Namespace) -> int:
     0
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    config = _config(args)
+    try:
+        config = _config(args)
+    except ValueError as error:  # a bad option: one line, no traceback
+        print(f"keras-gates demo: {error}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     verbose = not args.quiet
