@@ -193,7 +193,7 @@ def _monitored(target: _Target, trace: dict[str, np.ndarray]) -> dict:
     return {name: trace[name] for name in MONITORED if name in trace}
 
 
-def gate_statistics(name: str, values: np.ndarray) -> dict[str, float]:
+def _gate_statistics(name: str, values: np.ndarray) -> dict[str, float]:
     """The scalars written for one gate: mean and saturated fractions.
 
     Args:
@@ -207,8 +207,8 @@ def gate_statistics(name: str, values: np.ndarray) -> dict[str, float]:
 
     Example:
 
-    >>> gate_statistics("f", np.array([0.01, 0.5, 0.99, 0.97]))
-    {'mean': 0.6175, 'below_0.05': 0.25, 'above_0.95': 0.5}
+    >>> _gate_statistics("f", np.array([0.0, 0.5, 1.0, 0.5]))
+    {'mean': 0.5, 'below_0.05': 0.25, 'above_0.95': 0.25}
     """
     values = np.asarray(values, dtype="float64")
     values = values[np.isfinite(values)]
@@ -311,6 +311,11 @@ class GateMonitor(keras.callbacks.Callback):
         run_name: The run subfolder of ``log_dir``.
         max_units: The heatmaps show at most this many units.
 
+    Attributes:
+        run_dir: ``log_dir/run_name``, where the event files go.
+        seconds_per_write: The wall time of each logged epoch's tracing and
+            writing, in order (what the callback costs).
+
     Raises:
         ImportError: If the ``tensorboard`` package is missing.
         ValueError / TypeError: For bad arguments; those that need the model
@@ -370,7 +375,11 @@ class GateMonitor(keras.callbacks.Callback):
                 "`tokens` must be a list of str, one label per time step of the "
                 f"first probe sequence; received {checks.describe(tokens)}."
             )
-        if not isinstance(run_name, str) or not run_name or os.sep in run_name:
+        if not isinstance(run_name, str):
+            raise TypeError(
+                f"`run_name` must be a str; received {checks.describe(run_name)}."
+            )
+        if not run_name or os.sep in run_name or "/" in run_name:
             raise ValueError(
                 "`run_name` must be a non-empty folder name (no path separator); "
                 f"received {checks.describe(run_name)}."
@@ -515,7 +524,7 @@ class GateMonitor(keras.callbacks.Callback):
                 for name in trace:
                     values = trace[name][np.isfinite(trace[name])]
                     tf.summary.histogram(f"{tag}/{name}", values)
-                    for key, value in gate_statistics(name, values).items():
+                    for key, value in _gate_statistics(name, values).items():
                         tf.summary.scalar(f"{tag}/{name}/{key}", value)
                 first, tokens, steps = _first_sequence(trace, self.tokens)
                 figure = plots.plot_gate_heatmap(
