@@ -1,8 +1,9 @@
 """
-Title: Training on several machines: keras.distribution (JAX) and MultiWorkerMirroredStrategy (TensorFlow)
-Description: Train the surname classifier with keras_gates.LSTM on two worker processes, either
-with Keras's own distribution API and model.fit on the JAX backend, or with TensorFlow's
-MultiWorkerMirroredStrategy and keras_gates.distributed.fit; checkpoint, kill a worker, resume.
+Title: Training on several machines with keras_gates
+Description: Train the surname classifier with keras_gates.LSTM on two worker
+processes, either with Keras's own distribution API and model.fit (JAX backend) or
+with TensorFlow's MultiWorkerMirroredStrategy and keras_gates.distributed.fit;
+checkpoint, kill a worker, resume.
 """
 
 # %% [markdown]
@@ -25,8 +26,8 @@ MultiWorkerMirroredStrategy and keras_gates.distributed.fit; checkpoint, kill a 
 #
 # Launch this script once per worker, on each machine (worker 0 is the chief):
 #
-#     python multi_worker.py --backend jax --workers host0:12345,host1:12345 --worker-index 0
-#     python multi_worker.py --backend jax --workers host0:12345,host1:12345 --worker-index 1
+#     python multi_worker.py --backend jax --workers h0:1234,h1:1234 --worker-index 0
+#     python multi_worker.py --backend jax --workers h0:1234,h1:1234 --worker-index 1
 #
 # or try both workers on this machine with `--local-workers 2`. Without
 # `--workers` it trains in one process on the same global batches (`--devices N`
@@ -45,6 +46,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +63,11 @@ parser.add_argument("--devices", type=int, default=1, help="one process: CPU dev
 parser.add_argument("--epochs", type=int)
 parser.add_argument("--dropout", type=float, default=0.0)
 parser.add_argument("--backup-dir", help="checkpoint folder every worker can read")
+parser.add_argument(
+    "--crash-after-epoch",
+    type=int,
+    help="simulate a dead machine: SIGKILL this worker after that epoch",
+)
 parser.add_argument(
     "--report", help="write the final weights and losses here (.npz; {worker}: index)"
 )
@@ -229,7 +236,9 @@ else:
         resuming_from = int(latest.rsplit("-", 1)[1])
 
 import keras_gates  # noqa: E402
-import keras_gates.distributed  # noqa: E402
+
+if args.backend == "tensorflow":
+    import keras_gates.distributed  # tf.distribute: TensorFlow only
 
 print(f"{NAME}: backend {keras.backend.backend()}, chief: {CHIEF}", flush=True)
 if resuming_from is not None:
@@ -325,7 +334,15 @@ def report_epoch(epoch, logs):
     )
 
 
+def crash(epoch, logs):
+    if epoch + 1 == args.crash_after_epoch:
+        print(f"{NAME}: killing myself (SIGKILL) after epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Last in the list: the epoch's checkpoint is written before a crash.
 printer = keras.callbacks.LambdaCallback(on_epoch_end=report_epoch)
+crasher = keras.callbacks.LambdaCallback(on_epoch_end=crash)
 
 # %% [markdown]
 # ## Recipe 1, JAX: `model.fit` under `keras.distribution.DataParallel`
@@ -346,11 +363,11 @@ if args.backend == "jax":
         epochs=EPOCHS,
         shuffle=False,  # the same batches on a rerun: exact resumption
         verbose=0,
-        callbacks=[keras.callbacks.BackupAndRestore(own_backup), printer],
+        callbacks=[keras.callbacks.BackupAndRestore(own_backup), printer, crasher],
     )
 
 # %% [markdown]
-# ## Recipe 2, TensorFlow: `MultiWorkerMirroredStrategy` and `keras_gates.distributed.fit`
+# ## Recipe 2, TensorFlow: MultiWorkerMirroredStrategy, keras_gates.distributed.fit
 #
 # The dataset holds the global batches; tf.distribute gives each worker its
 # share (`AutoShardPolicy.DATA`: every worker reads the data, each keeps its
@@ -374,7 +391,7 @@ if args.backend == "tensorflow":
             EPOCHS,
             strategy=strategy,
             checkpoint_dir=BACKUP_DIR,
-            callbacks=[printer],
+            callbacks=[printer, crasher],
             verbose=0,
         )
     else:
@@ -382,7 +399,7 @@ if args.backend == "tensorflow":
             dataset,
             epochs=EPOCHS,
             verbose=0,
-            callbacks=[keras.callbacks.BackupAndRestore(BACKUP_DIR), printer],
+            callbacks=[keras.callbacks.BackupAndRestore(BACKUP_DIR), printer, crasher],
         )
 
 # %% [markdown]

@@ -9,8 +9,8 @@ own `train_step` does run inside `strategy.run`, so this module keeps every
 piece of Keras that `fit` would use (the compiled loss, metrics and optimizer,
 `train_step`, callbacks, `History`) and only replaces the loop:
 
-    for epoch in range(initial_epoch, epochs):        # initial_epoch from the checkpoint
-        for batch in strategy.distribute(dataset):    # each replica gets its share
+    for epoch in range(initial_epoch, epochs):      # initial_epoch: from the checkpoint
+        for batch in strategy.distribute(dataset):  # each replica gets its share
             logs = mean over replicas of strategy.run(model.train_step, batch)
         save a checkpoint (the chief into checkpoint_dir)
 
@@ -105,6 +105,7 @@ def fit(
     strategy: tf.distribute.Strategy | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     max_to_keep: int = 2,
+    delete_checkpoint: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
@@ -126,6 +127,9 @@ def fit(
             the epoch after it; after each epoch a checkpoint is saved. None:
             no checkpoints.
         max_to_keep: How many checkpoints the chief keeps.
+        delete_checkpoint: Remove `checkpoint_dir` when training ends, as
+            `keras.callbacks.BackupAndRestore` does (the checkpoints are for
+            resuming; save the trained model yourself). False keeps them.
         callbacks: Keras callbacks (History and, unless `verbose=0`, a
             progress bar are added as `fit` does). They are called with the
             logs averaged over all replicas; `on_epoch_end` comes after the
@@ -178,10 +182,19 @@ def fit(
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
+    if delete_checkpoint:
+        checkpoints.delete()
     return model.history
 
 
 def _check_compiled(model) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "keras_gates.distributed runs tf.distribute strategies and needs the "
+            "TensorFlow backend (KERAS_BACKEND=tensorflow; with JAX use "
+            "keras.distribution.DataParallel and model.fit); received the "
+            f"backend {keras.backend.backend()!r}"
+        )
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"`model` must be a keras.Model; received: {type(model).__name__}"
@@ -245,6 +258,10 @@ class _Checkpoints:
             return 0
         self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.epoch.numpy())
+
+    def delete(self) -> None:
+        if self.directory is not None and self.chief:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def save(self, epoch: int) -> None:
         if self.directory is None:
