@@ -9,6 +9,8 @@ Public names (SPEC §2):
                                                 weight conversion to/from the built-ins
     keras_gates.trace_gates, keras_gates.gate_sequences, keras_gates.gradient_flow
                                                 gates at every step; vanishing gradients
+    keras_gates.gate_statistics                 gates per token class over a data set,
+                                                with confidence intervals
     keras_gates.export_for_serving              a verified TF Serving version folder
     keras_gates.plots                           matplotlib pictures of the above
     keras_gates.ExactBackupAndRestore           exact resume, mid-epoch included
@@ -31,6 +33,7 @@ from keras_gates.introspection import gate_sequences, gradient_flow, trace_gates
 from keras_gates.lstm import LSTM, LSTMCell
 from keras_gates.monitor import GateMonitor
 from keras_gates.serving import export_for_serving
+from keras_gates.statistics import GateStatistics, gate_statistics
 
 __version__ = "0.1.0"
 
@@ -39,11 +42,13 @@ __all__ = [
     "GRU",
     "GRUCell",
     "GateMonitor",
+    "GateStatistics",
     "LSTM",
     "LSTMCell",
     "export_for_serving",
     "from_keras",
     "gate_sequences",
+    "gate_statistics",
     "gradient_flow",
     "to_keras",
     "trace_gates",
