@@ -219,23 +219,27 @@ class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
         The built-in cell's checkpoints load as they are (same variables).
         A store that does not fit is refused with the reason (a
         ``GRU(reset_after=True)`` bias, an LSTM with/without its forget
-        gate, another feature size), never assigned in part. With
-        ``weight_layout="lecture"`` (a file written by keras_gates before it
-        stored the built-ins' variables: its config has no
-        ``weight_layout``) the blocks are reordered once, here, and the cell
-        is "keras" from then on, as everything it saves. Such files also
-        held the dropout seed state as one more entry, read here too.
+        gate, another feature size), never assigned in part.
+
+        Files written by keras_gates 0.1, before it stored the built-ins'
+        variables, hold the blocks in the lecture's order; their blocks are
+        reordered once, here, and the cell is "keras" from then on, as
+        everything it saves. Such a file is known by its config (a ``.keras``
+        file without ``weight_layout``: the cell was made with
+        ``weight_layout="lecture"``), or by the dropout seed state that 0.1
+        stored as one more entry among the cell's variables (every 0.1 file
+        but the earliest; never written since).
         """
         weights = self.weights  # kernel, recurrent_kernel[, bias]
         self.check_stored_weights(store)
         values = [np.asarray(store[str(index)]) for index in range(len(weights))]
-        if self.weight_layout == "lecture":
+        legacy_seed = str(len(weights))  # checked by check_stored_weights
+        if self.weight_layout == "lecture" or legacy_seed in store:
             values = [self.lecture_to_keras(value) for value in values]
         for variable, value in zip(weights, values, strict=True):
             variable.assign(value)
         self.weight_layout = "keras"
-        legacy_seed = str(len(weights))
-        if legacy_seed in store:  # checked by check_stored_weights
+        if legacy_seed in store:
             self.seed_generator.state.assign(store[legacy_seed])
 
     def check_stored_weights(self, store) -> None:

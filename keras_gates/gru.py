@@ -61,7 +61,8 @@ class GRUCell(GatedCell):
             ``"keras"`` (default; what it builds and saves) or ``"lecture"``
             for files written by keras_gates 0.1 ([o | i | s~], i's blocks
             stored instead of z's); converted on load. A ``.keras`` file
-            says which in its config.
+            says which in its config, and 0.1's weights-only files are
+            recognised by the seed-state entry they hold.
 
     Call arguments:
         inputs: x_t, shape (batch, input_dim).

@@ -243,6 +243,24 @@ def test_legacy_weights_load_into_a_layer_told_their_layout():
         assert max_diff(got, value) < LOAD_TOL
 
 
+def test_legacy_weights_are_recognised_by_their_seed_entry():
+    """0.1 stored the dropout seed state among the cell's variables (never
+    written since): a weights-only load into a default layer converts too."""
+    x, want = legacy_expected()
+    inputs = keras.Input((None, 2))
+    outputs = [
+        keras_gates.LSTM(3, return_sequences=True, name="lstm")(inputs),
+        keras_gates.LSTM(
+            3, forget_gate=False, return_sequences=True, name="lstm_no_forget"
+        )(inputs),
+        keras_gates.GRU(3, return_sequences=True, name="gru")(inputs),
+    ]
+    rebuilt = keras.Model(inputs, outputs)
+    rebuilt.load_weights(DATA / "legacy_lstm_gru.keras")
+    for got, value in zip(rebuilt(x), want.values()):
+        assert max_diff(got, value) < LOAD_TOL
+
+
 def test_weight_layout_is_checked():
     with pytest.raises(ValueError, match="`weight_layout` must be one of"):
         keras_gates.GRU(3, weight_layout="torch")
