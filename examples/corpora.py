@@ -6,12 +6,17 @@ Each loader returns plain Python/NumPy data. Which source it reads:
 |---|---|---|
 | `movie_reviews` | `tfds.load("imdb_reviews")` | `movie_review_snippets` (*) |
 | `product_reviews` | VADER's Amazon snippets in `data/` | the same |
+| `sentiment_sentences` | IMDB (train, validation, test) | all four VADER sets (**) |
+| `vader_lexicon`, `stop_words` | shipped word lists | the same |
 | `tagged_sentences` | the shipped OANC sample | the same |
 | `surnames` | `names-dataset` (PyPI) when installed | its sample shipped in `data/` |
 | `fortune_text` | Debian `fortunes` when installed | shipped review snippets |
 
 (*) a tensorflow-datasets builder over VADER's 10,604 rated Rotten Tomatoes
 snippets shipped in `data/`, loaded like any tfds data set.
+(**) VADER's human-rated movie, product, news and tweet sentences, split into
+train / validation / test per domain (the movie and product test sets are
+`movie_reviews`' and `product_reviews`' own).
 
 `KERAS_GATES_DATA=online|offline` picks the source; by default it is online in
 Colab only. Nothing downloads in offline mode. Sources and licenses:
@@ -150,6 +155,100 @@ def product_reviews(test_share: float = 0.3):
         texts = tf.constant([rows[i][1] for i in part])
         out.append((texts, np.array([int(rows[i][0] > 0) for i in part], "int32")))
     return out[0], out[1]
+
+
+# The four sets of VADER's human-rated sentences (Hutto & Gilbert 2014), by domain.
+SENTIMENT_DOMAINS = {
+    "movie": "movie_review_snippets",
+    "product": "product_review_snippets",
+    "news": "news_snippets",
+    "tweet": "tweet_snippets",
+}
+
+
+def _rated_split(stem: str, seed: int, test_share: float):
+    """(train rows, test rows) of a snippet file: |mean rating| >= 0.5 kept,
+    label 1 when positive."""
+    rows = [(int(r > 0), t) for r, t in _snippet_rows(stem) if abs(r) >= 0.5]
+    order = _rng(seed).permutation(len(rows))
+    cut = int((1 - test_share) * len(rows))
+    return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+
+
+def sentiment_sentences(
+    validation_share: float = 0.1, max_per_domain: tuple[int, int, int] | None = None
+):
+    """({"train" | "validation" | "test": (texts, labels, domains)}, source name).
+
+    Offline, every human-rated sentence set VADER ships (movie, product, news,
+    tweet; near-neutral ones, |mean rating| < 0.5, dropped). Each domain is
+    split on its own: the movie test set is `movie_reviews()`'s (20%), the
+    product test set `product_reviews()`'s (30%), news and tweets hold out 20%;
+    `validation_share` of each domain's training part is the validation set.
+    Online, IMDB's train (less the validation share) and test sets.
+    `max_per_domain` = (train, validation, test) caps per domain (tiny runs).
+
+    Texts are string tensors, labels 0/1 int32, domains a NumPy array of names.
+    """
+    import tensorflow as tf
+
+    (movie_train, movie_train_labels), (movie_test, movie_test_labels), name = (
+        movie_reviews()
+    )
+    parts = {  # domain -> (training rows, test rows), rows (label, text)
+        "movie": tuple(
+            list(zip(labels.tolist(), (t.decode() for t in texts.numpy())))
+            for texts, labels in (
+                (movie_train, movie_train_labels),
+                (movie_test, movie_test_labels),
+            )
+        )
+    }
+    if name != "imdb_reviews":
+        (p_train, p_train_labels), (p_test, p_test_labels) = product_reviews()
+        parts["product"] = tuple(
+            list(zip(labels.tolist(), (t.decode() for t in texts.numpy())))
+            for texts, labels in ((p_train, p_train_labels), (p_test, p_test_labels))
+        )
+        for seed, domain in enumerate(("news", "tweet"), start=2):
+            parts[domain] = _rated_split(SENTIMENT_DOMAINS[domain], seed, 0.2)
+        name = "VADER human-rated sentences (movie, product, news, tweet)"
+    splits = {"train": [], "validation": [], "test": []}
+    for index, (domain, (train_rows, test_rows)) in enumerate(parts.items()):
+        order = _rng(10 + index).permutation(len(train_rows))
+        cut = int(round(validation_share * len(train_rows)))
+        chosen = {
+            "validation": [train_rows[i] for i in order[:cut]],
+            "train": [train_rows[i] for i in order[cut:]],
+            "test": test_rows,
+        }
+        for split, limit in zip(("train", "validation", "test"), max_per_domain or ()):
+            chosen[split] = chosen[split][:limit]
+        for split, rows in chosen.items():
+            splits[split] += [(label, text, domain) for label, text in rows]
+    out = {}
+    for split, rows in splits.items():
+        if split == "train":  # domains mixed, so every batch sees all of them
+            rows = [rows[i] for i in _rng(20).permutation(len(rows))]
+        out[split] = (
+            tf.constant([text for _, text, _ in rows]),
+            np.array([label for label, _, _ in rows], "int32"),
+            np.array([domain for _, _, domain in rows]),
+        )
+    return out, name
+
+
+def vader_lexicon() -> dict[str, float]:
+    """word -> VADER's mean human valence in [-4, 4] (letters and apostrophes only)."""
+    with gzip.open(DATA / "vader_lexicon.tsv.gz", "rt", encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    return {word: float(valence) for word, valence in rows}
+
+
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words (the Glasgow IR group's list)."""
+    path = DATA / "stop_words_english.txt"
+    return frozenset(path.read_text(encoding="utf-8").split("\n")) - {""}
 
 
 # ## Part-of-speech tagged sentences

