@@ -189,9 +189,12 @@ if args.backend == "jax" and WORKERS and not CHIEF:
         shutil.copytree(BACKUP_DIR, own_backup, dirs_exist_ok=True)
 else:
     own_backup = BACKUP_DIR
+# Where a rerun starts: keras.callbacks.BackupAndRestore (JAX, and TensorFlow
+# on one device) notes the epoch in its metadata file, tf.train checkpoints in
+# their names.
 resuming_from = None
 metadata = os.path.join(own_backup, "training_metadata.json")
-if args.backend == "jax" and os.path.exists(metadata):
+if os.path.exists(metadata):
     with open(metadata) as file:
         resuming_from = json.load(file)["epoch"]
 
@@ -398,6 +401,7 @@ if args.backend == "tensorflow":
         history = model.fit(
             dataset,
             epochs=EPOCHS,
+            shuffle=False,  # the batches are made above
             verbose=0,
             callbacks=[keras.callbacks.BackupAndRestore(BACKUP_DIR), printer, crasher],
         )

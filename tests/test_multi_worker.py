@@ -100,10 +100,14 @@ def finish(process, folder, name):
     return output
 
 
-def two_workers(backend, folder, *extra, crash=None):
+def two_workers(backend, folder, *extra, crash=None, alongside=()):
     """Run two workers to the end (or, with crash=(worker, epoch), until that
-    worker has killed itself after that epoch and the other one is killed)."""
+    worker has killed itself after that epoch and the other one is killed).
+
+    `alongside`: one-process runs `(folder, extra, devices)` started with the
+    workers (the machine waits less), finished before returning."""
     folder.mkdir(parents=True, exist_ok=True)
+    references = [start_one_process(backend, *run) for run in alongside]
     workers = ",".join(f"localhost:{port}" for port in free_ports(2))
     processes = []
     for index in range(2):
@@ -115,7 +119,10 @@ def two_workers(backend, folder, *extra, crash=None):
             start(backend, folder, name, *worker_extra, workers=workers, index=index)
         )
     if crash is None:
-        return [finish(p, folder, f"worker{i}") for i, p in enumerate(processes)]
+        outputs = [finish(p, folder, f"worker{i}") for i, p in enumerate(processes)]
+        for (reference_folder, _, devices), process in zip(alongside, references):
+            finish(process, reference_folder, f"devices{devices}")
+        return outputs
     victim, epoch = crash
     assert processes[victim].wait(TIMEOUT) == -signal.SIGKILL
     # The chief prints this line after the checkpoint is written; the other
@@ -136,11 +143,10 @@ def two_workers(backend, folder, *extra, crash=None):
     return [(folder / f"worker{i}.log").read_text() for i in range(2)]
 
 
-def one_process(backend, folder, *extra, devices=1):
+def start_one_process(backend, folder, extra, devices):
     folder.mkdir(parents=True, exist_ok=True)
     name = f"devices{devices}"
-    process = start(backend, folder, name, "--devices", str(devices), *extra)
-    return finish(process, folder, name)
+    return start(backend, folder, name, "--devices", str(devices), *extra)
 
 
 def weights(path: pathlib.Path) -> list[np.ndarray]:
@@ -184,33 +190,36 @@ def dropout_run(backend, tmp_path_factory):
 
 
 def test_two_workers_train_to_the_weights_of_one_process(backend, tmp_path):
-    outputs = two_workers(backend, tmp_path / "workers")
+    # One process on the same global batches: on two CPU devices (the same
+    # sums), and on one device with plain model.fit (rounding apart).
+    two, one = tmp_path / "two_devices", tmp_path / "one_device"
+    outputs = two_workers(
+        backend, tmp_path / "workers", alongside=[(two, (), 2), (one, (), 1)]
+    )
     assert "chief: True" in outputs[0] and "chief: False" in outputs[1]
     worker0, worker1 = (tmp_path / "workers" / f"worker{i}.npz" for i in range(2))
     assert_bitwise_equal(worker0, worker1)
     np.testing.assert_array_equal(losses(worker0), losses(worker1))
     assert len(losses(worker0)) == EPOCHS
 
-    # One process, two CPU devices, the same global batches: the same sums.
-    one_process(backend, tmp_path / "two_devices", devices=2)
-    assert_bitwise_equal(worker0, tmp_path / "two_devices" / "devices2.npz")
-    # One process, one device, plain model.fit: rounding apart.
-    one_process(backend, tmp_path / "one_device", devices=1)
-    one = tmp_path / "one_device" / "devices1.npz"
+    assert_bitwise_equal(worker0, two / "devices2.npz")
+    one = one / "devices1.npz"
     assert largest_difference(worker0, one) < ONE_DEVICE_ATOL
     np.testing.assert_allclose(losses(worker0), losses(one), atol=ONE_DEVICE_ATOL)
 
 
 def test_dropout_is_deterministic_across_reruns(backend, dropout_run, tmp_path):
     first, _ = dropout_run
-    two_workers(backend, tmp_path, "--dropout", DROPOUT)
+    one, two = tmp_path / "one_device", tmp_path / "two_devices"
+    alongside = [(one, ("--dropout", DROPOUT), 1)]
+    if backend == "tensorflow":
+        alongside.append((two, ("--dropout", DROPOUT), 2))
+    two_workers(backend, tmp_path, "--dropout", DROPOUT, alongside=alongside)
     for index in range(2):
         assert_bitwise_equal(
             first / f"worker{index}.npz", tmp_path / f"worker{index}.npz"
         )
-    reference = tmp_path / "one_device"
-    one_process(backend, reference, "--dropout", DROPOUT, devices=1)
-    difference = largest_difference(first / "worker0.npz", reference / "devices1.npz")
+    difference = largest_difference(first / "worker0.npz", one / "devices1.npz")
     if backend == "jax":
         # The SPMD program draws one mask for the global batch (jax's
         # partitionable threefry): the one-device run's mask.
@@ -220,8 +229,6 @@ def test_dropout_is_deterministic_across_reruns(backend, dropout_run, tmp_path):
         # not the one-device masks, but the masks of one process with two
         # replicas (MirroredStrategy), bit for bit.
         assert difference > 1e-3
-        two = tmp_path / "two_devices"
-        one_process(backend, two, "--dropout", DROPOUT, devices=2)
         assert_bitwise_equal(first / "worker0.npz", two / "devices2.npz")
 
 
