@@ -18,6 +18,9 @@ What the demo leaves in ``--out`` (default ./demo_output):
     gates_gru.png       markers outlined in red; same for the GRU
     gate_histograms.png how open the trained LSTM's gates are
     gates_review.png    an (untrained) LSTM's gates over the lecture's review
+    tensorboard/lstm, tensorboard/gru
+                        GateMonitor logs: every gate while training
+                        (``tensorboard --logdir demo_output/tensorboard``)
 
 and exports the trained models into the TF Serving base ``--serving-base``
 (default ./saved_models): adding_rnn/N, adding_lstm/N, adding_gru/N, each run
