@@ -449,3 +449,20 @@ def test_jit_compiled_export_serves_the_same_numbers(tmp_path, capsys):
     assert cli.main(["verify", str(path), "--latency", "20"]) == 0
     out = capsys.readouterr().out
     assert "(XLA-compiled): median" in out
+
+
+def test_jit_compile_of_a_text_model_is_refused_before_tracing(tmp_path):
+    """XLA has no string ops: running such a graph aborts the process."""
+    vectorizer = keras.layers.TextVectorization(max_tokens=20)
+    vectorizer.adapt(["the cat sat", "a dog ran"])
+    model = keras.Sequential(
+        [
+            keras.Input((), dtype="string"),
+            vectorizer,
+            keras.layers.Embedding(20, 3, mask_zero=True),
+            keras_gates.LSTM(4),
+        ]
+    )
+    with pytest.raises(ValueError, match="`jit_compile`: a text model"):
+        export_for_serving(model, tmp_path / "base", "t", jit_compile=True)
+    assert list(tmp_path.iterdir()) == []

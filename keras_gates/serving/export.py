@@ -244,6 +244,15 @@ def export_for_serving(
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_file(model)
     description = describe(model)
+    if jit_compile and description.kind == "text":
+        # XLA has no string ops; running such a graph aborts the process
+        # (a TF CHECK failure, measured), so it is refused before tracing.
+        raise ValueError(
+            "`jit_compile`: a text model cannot be XLA-compiled (its "
+            "TextVectorization runs string ops, which XLA does not have); export "
+            "it with jit_compile=False, or export the model from the token ids on "
+            "(after the TextVectorization) with jit_compile=True."
+        )
     shown = Path(base) / name
     if version is not None and (base_path / name / str(version)).exists():
         if not overwrite:
