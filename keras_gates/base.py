@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, fused
+from keras_gates import checks, kernels
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
@@ -402,7 +402,7 @@ class GatedRNN(keras.layers.RNN):
 
     cell_class: type[GatedCell]
     # Largest batch for which inference takes the fast path's small-batch
-    # form (see inner_loop and keras_gates/fused.py); subclasses set theirs.
+    # form (see inner_loop and keras_gates/kernels.py); subclasses set theirs.
     fused_max_batch: int = 1
     layer_arguments = (
         "return_sequences",
@@ -483,9 +483,9 @@ class GatedRNN(keras.layers.RNN):
         if training:
             self.cell.get_dropout_mask(sequences[:, 0, :])
             self.cell.get_recurrent_dropout_mask(initial_state[0])
-        if not fused.supports(self):  # unroll: Keras's loop over the cell
+        if not kernels.supports(self):  # unroll: Keras's loop over the cell
             return super().inner_loop(sequences, initial_state, mask, training=training)
-        # The fast path (keras_gates/fused.py): the cell's equations with the
+        # The fast path (keras_gates/kernels.py): the cell's equations with the
         # weights read, cast and split once before the loop, and its form
         # chosen by batch size: up to `fused_max_batch` (inference only) the
         # one for per-op-bound small batches, above it the one for larger
@@ -494,7 +494,7 @@ class GatedRNN(keras.layers.RNN):
         # Both forms return (last_output, outputs, [states...]): one
         # structure for ops.cond.
         def loop(small):
-            last, outputs, states = fused.run(
+            last, outputs, states = kernels.run(
                 self, sequences, initial_state, mask, training=training, small=small
             )
             return last, outputs, list(states)

@@ -1,4 +1,4 @@
-"""The fast sequence path (keras_gates/fused.py) equals the plain cell loop.
+"""The fast sequence path (keras_gates/kernels.py) equals the plain cell loop.
 
 The plain path is ``keras.layers.RNN.inner_loop`` over the layer's own cell
 (the readable step in lstm.py / gru.py); the fast path is what the layers
@@ -24,7 +24,7 @@ import tensorflow as tf
 from conftest import ATOL, RTOL, as_numpy, make_layer, reference
 
 import keras_gates
-from keras_gates import fused
+from keras_gates import kernels
 from keras_gates.base import GatedRNN
 
 MASKS = {
@@ -50,12 +50,12 @@ def form(request, monkeypatch):
 @contextlib.contextmanager
 def plain_path():
     """Run the layers on keras.layers.RNN's generic loop over the cell."""
-    original = fused.supports
-    fused.supports = lambda layer: False
+    original = kernels.supports
+    kernels.supports = lambda layer: False
     try:
         yield
     finally:
-        fused.supports = original
+        kernels.supports = original
 
 
 def random_inputs(batch, time, features, seed=1):
@@ -89,7 +89,7 @@ def values_and_gradients(layer, x, **call_kwargs):
 def assert_paths_equal(make, x, atol=ATOL, grad_atol=GRAD_ATOL, rtol=RTOL, **kwargs):
     """`make()` twice with the same weights: fast path == plain path."""
     fast_layer, plain_layer = make(), make()
-    assert fused.supports(fast_layer)
+    assert kernels.supports(fast_layer)
     fast = values_and_gradients(fast_layer, x, **kwargs)
     with plain_path():
         plain = values_and_gradients(plain_layer, x, **kwargs)
@@ -165,9 +165,9 @@ def test_fast_equals_plain_in_training_with_dropout(
     per-sequence dropout masks as the plain loop: same seed, same values and
     gradients."""
     forms = []
-    original = fused.run
+    original = kernels.run
     monkeypatch.setattr(
-        fused,
+        kernels,
         "run",
         lambda *a, **k: forms.append((k["training"], k["small"])) or original(*a, **k),
     )
@@ -280,7 +280,7 @@ def test_fast_equals_plain_mixed_precision(variant, training):
 def test_unroll_keeps_the_plain_path(variant):
     layer = make_layer(variant, 4, 3, unroll=True)
     assert isinstance(layer, GatedRNN)
-    assert not fused.supports(layer)
+    assert not kernels.supports(layer)
 
 
 def test_fast_path_exports_core_ops_only(variant, tmp_path):
@@ -310,9 +310,9 @@ def test_dispatch_by_batch_size(layer_class, monkeypatch):
     large-batch form; every route equals the oracle."""
     monkeypatch.setattr(layer_class, "fused_max_batch", 2)
     calls = []
-    original = fused.run
+    original = kernels.run
     monkeypatch.setattr(
-        fused, "run", lambda *a, **k: calls.append(k["small"]) or original(*a, **k)
+        kernels, "run", lambda *a, **k: calls.append(k["small"]) or original(*a, **k)
     )
     variant = "lstm" if layer_class is keras_gates.LSTM else "gru"
     layer = make_layer(variant, 5, 4, return_sequences=True)
