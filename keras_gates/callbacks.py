@@ -20,45 +20,25 @@ callback records them beside Keras's files (``exact_resume.json``) and
 refuses a resume that changes any of them, naming the change: a resume at
 batch size 8 of a backup taken at 4 would count 8 samples per undone batch
 as done and skip the rest of them, silently.
+
+Keras gives a callback no public way to do some of this; the private Keras it
+uses (the running ``fit``'s arguments, Keras's progress file and counters, the
+model's first epoch) goes through ``keras_gates.keras_internals``, one function
+per touch, each tested on its own.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from typing import Any
 
 import keras
 
+from keras_gates import keras_internals
+
 # Beside Keras's training_metadata.json in the backup folder.
 RECORD_FILE = "exact_resume.json"
-
-
-def _running_fit_arguments(model: keras.Model) -> dict[str, Any] | None:
-    """The arguments of the ``model.fit`` call that is running, or None.
-
-    What: ``x``, ``batch_size``, ``shuffle`` and ``steps_per_epoch`` as the
-    user passed them to ``fit``.
-
-    Why from the call stack: Keras hands a callback only ``params``
-    (epochs, steps, verbose); the batch size and shuffle that decide which
-    samples make up batch k reach no callback. They are the running
-    ``fit``'s arguments (public names of its signature), read from its frame:
-    the innermost frame of a function named ``fit`` whose ``self`` is the
-    model. None outside ``fit`` (a custom training loop). This is the
-    module's one reach into Keras's internals.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-                names = ("x", "batch_size", "shuffle", "steps_per_epoch")
-                return {name: frame.f_locals.get(name) for name in names}
-            frame = frame.f_back
-        return None
-    finally:
-        del frame
 
 
 def _is_array_data(x: Any) -> bool:
@@ -79,7 +59,7 @@ def data_order_record(model: keras.Model, steps: int | None) -> dict[str, Any]:
     batch size is its own); ``shuffle`` is None where Keras ignores it (the
     same data). Unknown (outside ``fit``): every entry None.
     """
-    arguments = _running_fit_arguments(model) or {}
+    arguments = keras_internals.running_fit_arguments(model) or {}
     arrays = _is_array_data(arguments.get("x"))
     batch_size = arguments.get("batch_size")
     if batch_size is None and arrays:
@@ -115,32 +95,29 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._batches_to_undo = 0
         self._undo_epoch = None
         self._before_batch = None
-        metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        progress = keras_internals.read_backup_progress(self.backup_dir)
         record = data_order_record(self.model, (self.params or {}).get("steps"))
-        if os.path.exists(metadata_path):  # there is something to resume
+        if progress is not None:  # there is something to resume
             self._check_same_data_order(record)
         os.makedirs(self.backup_dir, exist_ok=True)
         with open(os.path.join(self.backup_dir, RECORD_FILE), "w") as file:
             json.dump(record, file)
-        if isinstance(self.save_freq, int) and os.path.exists(metadata_path):
-            with open(metadata_path) as file:
-                metadata = json.load(file)
+        if isinstance(self.save_freq, int) and progress is not None:
             # With an integer save_freq every save is made at a batch's end:
             # batches 0..batch of that epoch are already in the weights.
-            self._undo_epoch = int(metadata["epoch"])
-            self._batches_to_undo = int(metadata["batch"]) + 1
+            self._undo_epoch, last_batch = progress
+            self._batches_to_undo = last_batch + 1
         super().on_train_begin(logs)
         steps = (self.params or {}).get("steps")
         if self._batches_to_undo and steps and self._batches_to_undo >= steps:
             # The backup was taken after the epoch's last batch: start at the
-            # next epoch instead of replaying and undoing a whole one (Keras
-            # resumes through the same attribute).
-            self.model._initial_epoch = self._undo_epoch + 1
+            # next epoch instead of replaying and undoing a whole one.
+            keras_internals.set_initial_epoch(self.model, self._undo_epoch + 1)
             self._batches_to_undo, self._undo_epoch = 0, None
 
     def on_epoch_begin(self, epoch, logs=None):
         # Keras's counter restarts at 0 after a resume; keep it on the epoch.
-        self._current_epoch = epoch
+        keras_internals.set_backup_epoch(self, epoch)
         self._undoing = epoch == self._undo_epoch and self._batches_to_undo > 0
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -158,9 +135,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 self._undoing = False
             # This batch is already in the backup: nothing new to save, but
             # Keras's batch counters move on so the next save comes on time.
-            count_batch = getattr(self, "_should_save_on_batch", None)
-            if count_batch is not None:
-                count_batch(batch)
+            keras_internals.count_batch_without_saving(self, batch)
             return
         super().on_train_batch_end(batch, logs)
 

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks
+from keras_gates import checks, keras_internals
 from keras_gates.base import GatedCell
 from keras_gates.lstm import LSTMCell
 
@@ -307,27 +307,6 @@ def _find_layer(model: keras.Model, layer: Any) -> Any:
     )
 
 
-def _symbolic_call_arguments(layer: Any) -> tuple[list, dict] | None:
-    """The arguments of ``layer``'s first call on symbolic tensors (private Keras).
-
-    What: ``(args, kwargs)`` as the layer's ``call`` received them in the
-    model's graph, as KerasTensors (the sequences; ``initial_state`` and
-    ``mask`` when the model passes them); None if the layer was never called
-    on symbolic tensors.
-
-    Why private: Keras records each such call as a Node in
-    ``layer._inbound_nodes``, whose ``arguments`` keep which tensor went to
-    which argument. The public ``layer.input`` is only the flat list of the
-    tensors, which cannot tell an initial state from a mask. This helper is
-    this module's one use of private Keras.
-    """
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    if not nodes:
-        return None
-    arguments = nodes[0].arguments
-    return list(arguments.args), dict(arguments.kwargs)
-
-
 def _call_argument(args: list, kwargs: dict, name: str, position: int) -> Any:
     if name in kwargs:
         return kwargs[name]
@@ -340,7 +319,7 @@ def _layer_feed(model: keras.Model, target: Any, inputs: Any):
     Returns ``(sequences, mask or None, initial_state list or None)`` for
     ``inputs``, computed by the model's own layers up to `target`.
     """
-    call = _symbolic_call_arguments(target)
+    call = keras_internals.symbolic_call_arguments(target)  # private Keras
     if call is None:
         raise ValueError(
             f"`layer` '{target.name}' has never been called inside model "
