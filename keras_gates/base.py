@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, kernels
+from keras_gates import checks, kernels, keras_internals
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
@@ -92,22 +92,6 @@ class DropoutMasks:
         )
 
 
-def _keras_dropout_marker() -> tuple[type, ...]:
-    """Keras's own dropout-cell class, found through the public LSTMCell.
-
-    ``keras.layers.RNN`` prepares and resets dropout masks only for cells that
-    inherit its private ``DropoutRNNCell``. Inheriting it as a marker (our
-    methods above take precedence) lets our cells keep per-sequence masks in a
-    bare ``keras.layers.RNN``, in ``StackedRNNCells`` and in ``Bidirectional``.
-    If a future Keras drops the class, the marker is simply absent: our own
-    layers prepare the masks themselves (``GatedRNN.call``).
-    """
-    for klass in keras.layers.LSTMCell.__mro__:
-        if klass.__name__ == "DropoutRNNCell":
-            return (klass,)
-    return ()
-
-
 class _SeedStateSaver(keras.layers.Layer):
     """Saves a cell's dropout seed state beside its weights, not among them.
 
@@ -135,7 +119,11 @@ class _SeedStateSaver(keras.layers.Layer):
             self._seed_state().assign(store["0"])
 
 
-class GatedCell(DropoutMasks, *_keras_dropout_marker(), keras.layers.Layer):
+# keras.layers.RNN prepares dropout masks only for subclasses of Keras's
+# private DropoutRNNCell (keras_internals.dropout_cell_marker says why).
+class GatedCell(
+    DropoutMasks, *keras_internals.dropout_cell_marker(), keras.layers.Layer
+):
     """Base of ``LSTMCell`` and ``GRUCell``: arguments, weights and config.
 
     Subclasses set ``gate_names`` (the gates a trace reports, in the
