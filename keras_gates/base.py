@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, kernels, keras_internals
+from keras_gates import checks, keras_internals, kernels
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
