@@ -80,10 +80,12 @@ def dropout_cell_marker() -> tuple[type, ...]:
     ``isinstance`` checks in ``RNN`` in 3.13.2 and 3.15.1.
 
     Without it: keras_gates' own layers still work (``GatedRNN`` prepares and
-    resets the masks itself), but a keras_gates cell in a bare
-    ``keras.layers.RNN`` or in stacked cells would draw its dropout mask inside
-    the loop and keep it from one batch to the next. So this touch does not
-    fail at import; its test fails instead.
+    resets the masks itself), but a keras_gates cell with dropout in a bare
+    ``keras.layers.RNN`` or in stacked cells draws its mask inside the loop
+    and keeps it; on TensorFlow the next training call then fails ("<tensor>
+    is out of scope and cannot be used here", measured with Keras 3.15 by
+    hiding the marker from ``RNN``). So this touch does not fail at import;
+    its test (and tests/test_composition.py's stacked-cells test) fails instead.
     """
     for klass in keras.layers.LSTMCell.__mro__:
         if klass.__name__ == "DropoutRNNCell":
