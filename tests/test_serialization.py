@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -151,3 +153,89 @@ def test_stacked_cells_round_trip(cells, tmp_path):
     model.save(tmp_path / "stacked.keras")
     loaded = keras.saving.load_model(tmp_path / "stacked.keras")
     np.testing.assert_allclose(as_numpy(loaded(x)), want, rtol=1e-6, atol=1e-6)
+
+
+# `.keras` files across the declared Keras range, against the README's table.
+ROOT = Path(__file__).parent.parent
+COMPAT = Path(__file__).parent / "data" / "compat"
+TABLE_TITLE = "| written by | read by Keras"
+
+
+def minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def readme_version_table() -> dict[str, dict[str, bool]]:
+    """The README's "which Keras reads the files" table: writer minor version
+    -> {reader minor version: readable}."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(TABLE_TITLE))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    readers = [re.search(r"\d+\.\d+", cell).group() for cell in header[1:]]
+    table = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("*").lower() for cell in line.strip("|").split("|")]
+        assert all(cell in ("yes", "no") for cell in cells[1:]), line
+        for writer in re.findall(r"\d+\.\d+", cells[0]):
+            table[writer] = {
+                reader: cell == "yes" for reader, cell in zip(readers, cells[1:])
+            }
+    return table
+
+
+def declared_keras_minors() -> list[str]:
+    """Keras minor versions setup.cfg declares (keras>=3.A,<3.B)."""
+    text = (ROOT / "setup.cfg").read_text()
+    low, high = re.search(r"keras>=3\.(\d+),<3\.(\d+)", text).groups()
+    return [f"3.{n}" for n in range(int(low), int(high))]
+
+
+def test_readme_version_table_covers_the_declared_range():
+    table = readme_version_table()
+    declared = declared_keras_minors()
+    assert sorted(table, key=lambda v: int(v.split(".")[1])) == declared
+    for writer, readers in table.items():
+        assert list(readers) == declared, (writer, readers)
+        assert readers[writer], f"Keras {writer} cannot read its own files?"
+
+
+def test_compat_files_cover_both_ends_of_the_range():
+    manifest = json.loads((COMPAT / "manifest.json").read_text())
+    declared = declared_keras_minors()
+    assert {declared[0], declared[-1]} <= set(manifest), sorted(manifest)
+
+
+@pytest.mark.parametrize("kind", ["gates", "builtin"])
+def test_keras_files_load_where_the_readme_says(kind):
+    """Each stored file (tests/data/compat, written by the oldest and the newest
+    declared Keras) loads on the running Keras, with the outputs it had, where
+    the README's table says "yes", and fails to load where it says "no"."""
+    reader = minor(keras.__version__)
+    table = readme_version_table()
+    if reader not in next(iter(table.values())):
+        pytest.skip(f"Keras {keras.__version__} has no column in the README table")
+    manifest = json.loads((COMPAT / "manifest.json").read_text())
+    x = np.load(COMPAT / "input.npy")
+    checked = []
+    for writer, entry in sorted(manifest.items()):
+        files = entry["files"][kind]
+        path = str(COMPAT / files["file"])
+        if table[writer][reader]:
+            model = keras.saving.load_model(path)
+            np.testing.assert_allclose(
+                as_numpy(model(x)),
+                np.load(COMPAT / files["output"]),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{files['file']} (Keras {entry['keras']}) read by "
+                f"Keras {keras.__version__}",
+            )
+        else:
+            with pytest.raises(Exception) as refused:  # noqa: B017 Keras's own error
+                keras.saving.load_model(path)
+            # Not a keras_gates problem: the file's initializer configs.
+            assert "input_axes" in str(refused.value), refused.value
+        checked.append((writer, table[writer][reader]))
+    assert len(checked) >= 2, checked
