@@ -58,14 +58,8 @@ is traced from the keras_gates cell's own ops, so it has no CudnnRNN ops and run
 on any device; the export is refused if one slips in (a keras.layers.LSTM
 elsewhere in the model traced on a GPU).
 
-A version is staged in a hidden folder beside the base directory (in the base's
-parent, so on the same filesystem: ``.BASE.keras-gates-export-PID-XXXX``) and
-renamed into place in one step; ``BASE/NAME`` is created only then. A failure
-in Python removes the staging folder; a killed export (SIGKILL, power loss)
-leaves the base directory exactly as it was, and its staging folder is removed
-by the next export into that base once its process is gone. An existing
-version is never touched unless ``overwrite=True``, and ``models.config`` is
-updated only after the version is in place.
+Publishing (staging beside the base, the atomic rename, versions of concurrent
+exports, retire/restore, models.config) is `keras_gates.serving.publish`.
 """
 
 from __future__ import annotations

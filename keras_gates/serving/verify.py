@@ -120,6 +120,16 @@ def _run_child(job: dict, timeout: float) -> dict:
         }
 
 
+def _raise_failed(result: dict) -> None:
+    """A requests job's report: RuntimeError naming each failed check."""
+    failed = [c for c in result["checks"] if not c[1]]
+    if failed:
+        raise RuntimeError(
+            "TF Serving's C++ loader failed: "
+            + "; ".join(f"{name}: {detail}" for name, _, detail in failed)
+        )
+
+
 def verify_saved_model(
     path: str | os.PathLike,
     model: Any = None,
@@ -250,12 +260,7 @@ def run_signatures(
             },
             timeout,
         )
-        failed = [c for c in result["checks"] if not c[1]]
-        if failed:
-            raise RuntimeError(
-                "TF Serving's C++ loader failed: "
-                + "; ".join(f"{name}: {detail}" for name, _, detail in failed)
-            )
+        _raise_failed(result)
         outputs: list[dict[str, np.ndarray]] = [{} for _ in requests]
         with np.load(out, allow_pickle=False) as served:
             for key in served.files:
@@ -310,12 +315,7 @@ def serving_latency(
             },
             timeout,
         )
-        failed = [c for c in result["checks"] if not c[1]]
-        if failed:
-            raise RuntimeError(
-                "TF Serving's C++ loader failed: "
-                + "; ".join(f"{name}: {detail}" for name, _, detail in failed)
-            )
+        _raise_failed(result)
         with np.load(out, allow_pickle=False) as served:
             seconds = np.asarray(served["0:__seconds__"])[1:]
     return {
