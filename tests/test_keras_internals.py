@@ -13,6 +13,8 @@ import contextlib
 import inspect
 import json
 import os
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -294,3 +296,14 @@ def test_every_touch_has_a_test():
         "running_fit_arguments",
     }
     assert touches == covered
+
+
+def test_ci_runs_the_touches_on_the_oldest_declared_stack():
+    """.ci/run's second step pins setup.cfg's lower bounds and runs this file."""
+    root = Path(__file__).parent.parent
+    setup = (root / "setup.cfg").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    for package in ("tensorflow", "keras"):
+        lowest = re.search(rf"^\s*{package}>=(\d+\.\d+),", setup, re.MULTILINE)[1]
+        assert f'"{package}=={lowest}.*"' in ci, (package, lowest)
+    assert "tests/test_keras_internals.py" in ci
