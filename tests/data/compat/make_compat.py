@@ -10,6 +10,11 @@ after its Keras minor version, and records the versions in a manifest):
     /tmp/venv-old/bin/pip install "tensorflow==2.20.*" "keras==3.13.*" \\
         "tensorboard==2.20.*" "tensorflow-serving-api==2.20.*" matplotlib
     PYTHONPATH=. /tmp/venv-old/bin/python tests/data/compat/make_compat.py
+    # and once with Keras 3.14 (TF 2.21), for the README table's middle column:
+    #   pip install "tensorflow==2.21.*" "keras==3.14.*" ... in a third venv
+
+Files written 2026-12-02 with keras_gates at the commit that added them; the
+manifest records each file's Keras and TensorFlow versions.
 
 Two models per Keras: keras_gates layers plus a Dense (`gates`), and the same
 shape built from keras.layers.LSTM (`builtin`), which tells a keras_gates
