@@ -47,9 +47,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_gates.gru import GRUCell
+# The package's public names (its __init__ imports the layers before this module).
+from keras_gates import GRUCell, LSTMCell
 from keras_gates.introspection import trace_gates
-from keras_gates.lstm import LSTMCell
 
 __all__ = ["QUANTITIES", "GateStatistics", "gate_statistics"]
 
