@@ -17,13 +17,14 @@ plumbing around them so each cell's ``call`` reads like its equations:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, keras_internals, kernels
+from keras_gates import checks, keras_internals
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
@@ -62,14 +63,35 @@ class DropoutMasks:
     RNN layer asks for the masks before its loop (``get_dropout_mask``) and
     drops them after (``reset_dropout_mask``); a cell never draws inside the
     loop, which keeps the loop body free of random ops and side effects.
+    At inference the layers draw nothing (``masks_off``).
     """
 
+    @contextlib.contextmanager
+    def masks_off(self):
+        """Within it, no mask is drawn and ``get_*_mask`` return None.
+
+        ``keras.layers.RNN`` asks a dropout cell for its masks before every
+        loop, training or not. Each draw advances the cell's seed generator,
+        so an inference call (a validation pass, a trace, an export) between
+        training steps would change the masks of every later step; the
+        layers run inference inside this instead.
+        """
+        self._masks_off = True
+        try:
+            yield
+        finally:
+            self._masks_off = False
+
     def get_dropout_mask(self, step_input):
+        if getattr(self, "_masks_off", False):
+            return None
         if getattr(self, "_dropout_mask", None) is None and self.dropout > 0:
             self._dropout_mask = self._draw_mask(step_input, self.dropout)
         return getattr(self, "_dropout_mask", None)
 
     def get_recurrent_dropout_mask(self, step_state):
+        if getattr(self, "_masks_off", False):
+            return None
         if (
             getattr(self, "_recurrent_dropout_mask", None) is None
             and self.recurrent_dropout > 0
@@ -126,14 +148,28 @@ class GatedCell(
 ):
     """Base of ``LSTMCell`` and ``GRUCell``: arguments, weights and config.
 
-    Subclasses set ``gate_names`` (the gates a trace reports, in the
-    lecture's names) and ``weight_blocks`` (the built-in's gate blocks of
-    ``kernel``, in order, SPEC §1), implement ``call`` and
-    ``lecture_to_keras`` (the earlier block order, converted).
+    Subclasses say once what the cell carries (read by the layers' loop,
+    ``trace_gates``, the serving signatures and the plots):
+
+    - ``state_names``: the states, in the order of ``states`` (the first is
+      the output, as in Keras): ``("h", "s")`` for the LSTM, ``("s",)`` for
+      the GRU;
+    - ``gate_names``: the gates a trace reports, in the lecture's names;
+    - ``weight_blocks``: the built-in's gate blocks of ``kernel``, in order
+      (SPEC §1).
+
+    They implement ``call`` (one step, the readable equations) and
+    ``lecture_to_keras`` (the earlier block order, converted), and may add a
+    sequence kernel: ``sequence`` (the whole loop, ``keras_gates/kernels.py``)
+    with ``sequence_kernel_call = call`` beside it, the ``call`` whose
+    equations it runs. A subclass that writes its own ``call`` does not match
+    that and runs Keras's loop over its ``call`` (``has_sequence_kernel``).
     """
 
+    state_names: tuple[str, ...] = ()
     gate_names: tuple[str, ...] = ()
     weight_blocks: tuple[str, ...] = ()
+    sequence_kernel_call = None
 
     def __init__(
         self,
@@ -277,6 +313,62 @@ class GatedCell(
     def num_gate_blocks(self) -> int:
         return len(self.weight_blocks)
 
+    @property
+    def trace_names(self) -> tuple[str, ...]:
+        """A gate trace's entries: the gates, then the states in the order
+        the step computes them (s_t before h_t: the reverse of ``states``)."""
+        return tuple(self.gate_names) + tuple(reversed(self.state_names))
+
+    @property
+    def has_sequence_kernel(self) -> bool:
+        """Whether ``sequence`` runs the equations of the ``call`` in effect.
+
+        True for ``LSTMCell`` and ``GRUCell`` and subclasses that keep their
+        ``call``; False for a cell that writes its own ``call`` (and did not
+        write a ``sequence`` for it), whose layer then runs Keras's loop over
+        that ``call``.
+        """
+        kernel_call = type(self).sequence_kernel_call
+        return kernel_call is not None and type(self).call is kernel_call
+
+    def sequence(self, sequences, states, mask=None, **options):
+        """This cell over a whole sequence (cells with a sequence kernel).
+
+        Args:
+            sequences: (batch, time, features).
+            states: The initial states, as ``state_names``.
+            mask: Optional (batch, time) booleans.
+            **options: ``go_backwards``, ``return_sequences``,
+                ``zero_output_for_mask``, ``training``, ``form``,
+                ``small_batch_max``: see ``keras_gates.kernels``.
+
+        Returns:
+            ``(last_output, outputs, final states)`` as
+            ``keras.layers.RNN.inner_loop``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no sequence kernel; its layer runs "
+            "Keras's loop over its `call`."
+        )
+
+    def sequence_weights(self, dtype) -> list:
+        """[kernel, recurrent_kernel, bias or None], read and cast once."""
+        bias = ops.cast(self.bias, dtype) if self.use_bias else None
+        return [
+            ops.cast(self.kernel, dtype),
+            ops.cast(self.recurrent_kernel, dtype),
+            bias,
+        ]
+
+    def sequence_dropout_masks(self, sequences, states, training) -> dict:
+        """This sequence's dropout masks, as the kernels take them."""
+        if not training:
+            return {"input_dropout_mask": None, "recurrent_dropout_mask": None}
+        return {
+            "input_dropout_mask": self.get_dropout_mask(sequences[:, 0, :]),
+            "recurrent_dropout_mask": self.get_recurrent_dropout_mask(states[0]),
+        }
+
     def build(self, input_shape):
         input_dim = input_shape[-1]
         if input_dim is None:
@@ -389,8 +481,8 @@ class GatedRNN(keras.layers.RNN):
     """
 
     cell_class: type[GatedCell]
-    # Largest batch for which inference takes the fast path's small-batch
-    # form (see inner_loop and keras_gates/kernels.py); subclasses set theirs.
+    # Largest batch for which inference in TensorFlow's graph executor takes
+    # the kernels' "small" form (keras_gates/kernels.py); subclasses set theirs.
     fused_max_batch: int = 1
     layer_arguments = (
         "return_sequences",
@@ -426,7 +518,15 @@ class GatedRNN(keras.layers.RNN):
 
     @property
     def num_states(self) -> int:
-        return len(self.state_size)
+        return len(self.cell.state_names)
+
+    def runs_sequence_kernel(self) -> bool:
+        """Whether the loop is the cell's sequence kernel (keras_gates/kernels.py)
+        rather than Keras's loop over ``cell.call``: always, except with
+        ``unroll`` (a Python loop of cell calls, for short fixed-length
+        sequences and TFLite) or for a cell without a kernel of its own
+        (``GatedCell.has_sequence_kernel``)."""
+        return not self.unroll and self.cell.has_sequence_kernel
 
     def _check_call(self, sequences, initial_state, mask):
         name = f"{type(self).__name__} layer '{self.name}'"
@@ -457,9 +557,15 @@ class GatedRNN(keras.layers.RNN):
         self._check_call(sequences, initial_state, mask)
         if mask is not None:
             mask = ops.cast(mask, "bool")
-        result = super().call(
-            sequences, initial_state=initial_state, mask=mask, training=training
-        )
+        if training:
+            result = super().call(
+                sequences, initial_state=initial_state, mask=mask, training=training
+            )
+        else:  # draw no dropout masks: the seed state stays as it is
+            with self.cell.masks_off():
+                result = super().call(
+                    sequences, initial_state=initial_state, mask=mask, training=False
+                )
         # keras.layers.RNN resets the masks only for cells it recognises.
         self.cell.reset_dropout_mask()
         self.cell.reset_recurrent_dropout_mask()
@@ -471,32 +577,21 @@ class GatedRNN(keras.layers.RNN):
         if training:
             self.cell.get_dropout_mask(sequences[:, 0, :])
             self.cell.get_recurrent_dropout_mask(initial_state[0])
-        if not kernels.supports(self):  # unroll: Keras's loop over the cell
+        if not self.runs_sequence_kernel():
             return super().inner_loop(sequences, initial_state, mask, training=training)
-        # The fast path (keras_gates/kernels.py): the cell's equations with the
-        # weights read, cast and split once before the loop, and its form
-        # chosen by batch size: up to `fused_max_batch` (inference only) the
-        # one for per-op-bound small batches, above it the one for larger
-        # matmuls (measured, benchmarks/).
-
-        # Both forms return (last_output, outputs, [states...]): one
-        # structure for ops.cond.
-        def loop(small):
-            last, outputs, states = kernels.run(
-                self, sequences, initial_state, mask, training=training, small=small
-            )
-            return last, outputs, list(states)
-
-        if training:
-            return loop(small=False)
-        batch = sequences.shape[0]
-        if batch is not None:  # known when tracing: choose now
-            return loop(small=batch <= self.fused_max_batch)
-        # Dynamic batch (a serving signature): both forms in the graph, one runs.
-        return ops.cond(
-            ops.shape(sequences)[0] <= self.fused_max_batch,
-            lambda: loop(small=True),
-            lambda: loop(small=False),
+        # The cell's sequence kernel (keras_gates/kernels.py): its equations
+        # with the weights read, cast and split once before the loop, in the
+        # form that is fastest for who runs it (XLA, or TensorFlow's executor
+        # by batch size: up to `fused_max_batch` the small-batch form).
+        return self.cell.sequence(
+            sequences,
+            list(initial_state),
+            mask,
+            go_backwards=self.go_backwards,
+            return_sequences=self.return_sequences,
+            zero_output_for_mask=self.zero_output_for_mask,
+            training=training,
+            small_batch_max=self.fused_max_batch,
         )
 
     def get_config(self):

@@ -1,30 +1,45 @@
-"""`keras-gates bench`: time keras_gates.LSTM/GRU against the Keras built-ins.
+"""`keras-gates bench`: keras_gates.LSTM/GRU against the Keras built-ins, everywhere.
 
-Every comparison runs in one process, interleaved (ours, theirs, ours, ...),
-and reports medians, so a noisy shared machine slows both sides alike. The
-table gives, per configuration and shape (batch x time x features -> units):
+The matrix: for each way users run a model, ``keras_gates.LSTM`` against
+``keras.layers.LSTM`` and ``keras_gates.GRU`` against
+``keras.layers.GRU(reset_after=False)`` (the built-in it replaces: the same
+maths) and ``keras.layers.GRU`` (Keras's default, ``reset_after=True``: what
+a user would pick, another model), at batch 1 and 64, inference and training
+step (forward, gradients, SGD update):
 
-- forward (inference) and train step (forward, gradients, SGD update) times
-  of ``keras_gates.LSTM`` vs ``keras.layers.LSTM`` and ``keras_gates.GRU`` vs
-  ``keras.layers.GRU`` (its default ``reset_after=True``, what a user would
-  pick, and ``reset_after=False``, the same maths as ours);
-- the FLOP rate of our layer against the machine's measured sgemm rate for
-  the same matrix shapes (the recurrent (batch, units) x (units, g * units)
-  product);
-- ``torch.nn.LSTM`` / ``GRU`` on the same shapes, for context, if torch is
-  importable;
-- the peak memory (resident set growth) of a 1000-step training step, each
-  layer in its own subprocess.
+- ``tf-graph``: ``tf.function`` with a dynamic batch dimension, as a serving
+  signature has it;
+- ``tf-xla-model``: ``model.compile(jit_compile=True)``, ``predict_on_batch``
+  and ``train_on_batch``;
+- ``tf-xla-function``: a bare ``tf.function(jit_compile=True)``;
+- ``jax``: KERAS_BACKEND=jax, ``model.compile(jit_compile=True)`` (``jax.jit``);
+- ``torch``: KERAS_BACKEND=torch, ``model.compile()``, for information (if
+  torch is installed).
 
-Runs under the TensorFlow backend (the one TF Serving runs). Usage:
+Every comparison runs in one process, interleaved (ours, theirs, ours, ...;
+the order alternates between rounds); each cell reports the median and the
+minimum over the rounds, and the ratio ours / theirs of each. On a shared
+machine the median moves with the other load; the minimum, the run least
+disturbed, moves less. JAX and torch run in child processes (Keras fixes its
+backend at import).
 
-    keras-gates bench [--quick] [--json PATH]
+Also: the batch-1 latency of exported SavedModels under TF Serving's C++
+loader (``keras_gates.serving.verify.serving_latency``): ours plain and
+XLA-compiled (``export_for_serving(..., jit_compile=True)``) against Keras's
+own ``model.export``; and the peak memory of a 1000-step training step, each
+layer in its own process. The machine's load average is recorded before and
+after.
+
+Usage:
+
+    keras-gates bench [--quick] [--json PATH] [--repeats N] [--no-memory]
     python benchmarks/bench.py [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -33,21 +48,26 @@ import subprocess
 import sys
 import time
 
-# (name, batch, time, features, units, modes)
-FULL_CONFIGS = [
-    ("serving", 1, 100, 64, 128, ("forward",)),
-    ("batch64", 64, 100, 64, 128, ("forward", "train")),
-    ("large", 64, 200, 64, 256, ("forward", "train")),
-]
-QUICK_CONFIGS = [
-    ("serving", 1, 10, 8, 16, ("forward",)),
-    ("batch64", 8, 10, 8, 16, ("forward", "train")),
-]
+SHAPE = {"full": (100, 64, 128), "quick": (10, 8, 16)}  # time, features, units
+BATCHES = {"full": (1, 64), "quick": (1, 8)}
+CONFIGS = {
+    "tensorflow": ("tf-graph", "tf-xla-model", "tf-xla-function"),
+    "jax": ("jax",),
+    "torch": ("torch",),
+}
+CONFIG_TITLES = {
+    "tf-graph": "TF graph (tf.function, dynamic batch)",
+    "tf-xla-model": "TF + XLA (model.compile(jit_compile=True))",
+    "tf-xla-function": "TF + XLA (bare tf.function(jit_compile=True))",
+    "jax": "JAX (model.compile(jit_compile=True))",
+    "torch": "torch backend (model.compile(), for information)",
+}
 MEMORY_STEPS = {"full": 1000, "quick": 50}
 
 
-# (label, how to build it) per family; the first of each family is ours.
 def _layers():
+    """(label, how to build it) per family; the first of each is ours, the
+    second the built-in it replaces."""
     import keras
 
     import keras_gates
@@ -59,23 +79,18 @@ def _layers():
         ],
         "GRU": [
             ("keras_gates.GRU", lambda u: keras_gates.GRU(u)),
-            ("keras.layers.GRU", lambda u: keras.layers.GRU(u)),
             (
                 "keras.layers.GRU(reset_after=False)",
                 lambda u: keras.layers.GRU(u, reset_after=False),
             ),
+            ("keras.layers.GRU", lambda u: keras.layers.GRU(u)),
         ],
     }
 
 
-GATE_BLOCKS = {"LSTM": 4, "GRU": 3}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny shapes and a few repeats (smoke test)",
+        "--quick", action="store_true", help="tiny shapes, few repeats (smoke test)"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
@@ -84,7 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
     )
+    parser.add_argument(
+        "--no-serving", action="store_true", help="skip the exported-model latency"
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(c for cs in CONFIGS.values() for c in cs),
+        help="comma-separated configurations to time (default: all): "
+        + ", ".join(c for cs in CONFIGS.values() for c in cs),
+    )
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--backend-child", help=argparse.SUPPRESS)
 
 
 def _check_backend():
@@ -94,29 +119,58 @@ def _check_backend():
     if backend != "tensorflow":
         raise ValueError(
             "`KERAS_BACKEND` must be 'tensorflow' for `keras-gates bench` (the backend "
-            f"TF Serving runs); received {backend!r}."
+            f"TF Serving runs; JAX and torch run in child processes); received "
+            f"{backend!r}."
         )
 
 
-def _make_fns(make, batch, steps, features, units, seed=0):
-    """A built layer's compiled forward and train-step functions."""
-    import keras
+def _data(batch, steps, features, units, seed=0):
     import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, steps, features)).astype("float32")
+    y = rng.normal(size=(batch, units)).astype("float32")
+    return x, y
+
+
+def _model(make, steps, features, units):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((None, features)), make(units)])
+
+
+def _fns(config, make, batch, steps, features, units):
+    """{"infer": fn, "train": fn} for one layer in one configuration."""
+    import keras
+
+    x, y = _data(batch, steps, features, units)
+    model = _model(make, steps, features, units)
+    if config in ("tf-xla-model", "jax", "torch"):
+        model.compile(
+            optimizer=keras.optimizers.SGD(1e-3),
+            loss="mse",
+            jit_compile=config != "torch",
+        )
+        return {
+            "infer": lambda: model.predict_on_batch(x),
+            "train": lambda: model.train_on_batch(x, y),
+        }
     import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
-    layer = make(units)
-    layer.build((None, None, features))
-    rng = np.random.default_rng(seed)
-    x = tf.constant(rng.normal(size=(batch, steps, features)).astype("float32"))
+    layer = model.layers[0]
     optimizer = keras.optimizers.SGD(1e-3)
     optimizer.build(layer.trainable_variables)
+    options = {"jit_compile": config == "tf-xla-function"}
+    if config == "tf-graph":  # the batch dimension a serving signature has
+        spec = tf.TensorSpec((None, None, features), tf.float32)
+        options["input_signature"] = [spec]
 
-    @tf.function
+    @tf.function(**options)
     def forward(x):
         return layer(x)
 
-    @tf.function
+    @tf.function(**options)
     def train(x):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(layer(x, training=True)))
@@ -124,37 +178,13 @@ def _make_fns(make, batch, steps, features, units, seed=0):
         optimizer.apply(grads, layer.trainable_variables)
         return loss
 
-    return {"forward": lambda: forward(x).numpy(), "train": lambda: train(x).numpy()}
-
-
-def _torch_fns(family, batch, steps, features, units):
-    try:
-        import torch
-    except ImportError:
-        return None
-    module = (torch.nn.LSTM if family == "LSTM" else torch.nn.GRU)(
-        features, units, batch_first=True
-    )
-    x = torch.randn(batch, steps, features)
-    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
-
-    def forward():
-        with torch.no_grad():
-            return module(x)[0][:, -1]
-
-    def train():
-        optimizer.zero_grad()
-        loss = module(x)[0][:, -1].square().mean()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return {"forward": forward, "train": train}
+    x = tf.constant(x)
+    return {"infer": lambda: forward(x).numpy(), "train": lambda: train(x).numpy()}
 
 
 def _interleaved(fns: dict, repeats: int, inner: int) -> dict:
-    """Median seconds per call of each fn, timed in interleaved rounds."""
-    for fn in fns.values():  # trace and warm up
+    """{name: (median, minimum)} seconds per call, timed in interleaved rounds."""
+    for fn in fns.values():  # trace, compile and warm up
         fn()
         fn()
     samples = {name: [] for name in fns}
@@ -166,33 +196,94 @@ def _interleaved(fns: dict, repeats: int, inner: int) -> dict:
             for _ in range(inner):
                 fn()
             samples[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        name: (statistics.median(values), min(values))
+        for name, values in samples.items()
+    }
 
 
-def _sgemm_rate(batch, units, width, repeats):
-    """GFLOP/s of (batch, units) x (units, width) matmuls in one tf.function.
+def matrix_rows(
+    backend: str, quick: bool, repeats: int, configs: tuple, log=print
+) -> list[dict]:
+    """Every cell of the matrix this process's backend can measure."""
+    size = "quick" if quick else "full"
+    steps, features, units = SHAPE[size]
+    rows = []
+    for config in (c for c in CONFIGS[backend] if c in configs):
+        for family, candidates in _layers().items():
+            for batch in BATCHES[size]:
+                modes = ("infer",) if batch == 1 else ("infer", "train")
+                fns = {
+                    label: _fns(config, make, batch, steps, features, units)
+                    for label, make in candidates
+                }
+                inner = 5 if batch == 1 and not quick else 1
+                for mode in modes:
+                    timed = _interleaved(
+                        {label: f[mode] for label, f in fns.items()}, repeats, inner
+                    )
+                    ours_label = candidates[0][0]
+                    ours_median, ours_min = timed[ours_label]
+                    for label, _ in candidates[1:]:
+                        median, minimum = timed[label]
+                        row = {
+                            "backend": backend,
+                            "config": config,
+                            "family": family,
+                            "ours": ours_label,
+                            "theirs": label,
+                            "batch": batch,
+                            "mode": mode,
+                            "shape": f"{batch}x{steps}x{features}->{units}",
+                            "ours_ms": ours_median * 1e3,
+                            "theirs_ms": median * 1e3,
+                            "ratio": ours_median / median,
+                            "ours_min_ms": ours_min * 1e3,
+                            "theirs_min_ms": minimum * 1e3,
+                            "min_ratio": ours_min / minimum,
+                        }
+                        rows.append(row)
+                        log(_format_row(row))
+    return rows
 
-    32 independent products per call, so the rate includes TensorFlow's
-    per-op cost as the RNN's own recurrent matmul does, but not a loop.
-    """
-    import numpy as np
-    import tensorflow as tf
 
-    rng = np.random.default_rng(0)
-    a = tf.constant(rng.normal(size=(32, batch, units)).astype("float32"))
-    w = tf.constant(rng.normal(size=(units, width)).astype("float32"))
+def _backend_child(backend: str, quick: bool, repeats: int, configs: tuple) -> int:
+    """Runs in a child process under KERAS_BACKEND=backend: prints its rows."""
+    import keras
 
-    @tf.function
-    def products(a):
-        return tf.add_n([tf.reduce_sum(tf.matmul(a[k], w)) for k in range(32)])
-
-    seconds = _interleaved({"sgemm": lambda: products(a).numpy()}, repeats, 3)["sgemm"]
-    return 2.0 * batch * units * width * 32 / seconds / 1e9
+    if keras.backend.backend() != backend:
+        raise ValueError(
+            f"the child expected KERAS_BACKEND={backend!r}; Keras runs "
+            f"{keras.backend.backend()!r}."
+        )
+    rows = matrix_rows(backend, quick, repeats, configs, log=lambda line: None)
+    print(json.dumps(rows))
+    return 0
 
 
-def _forward_flops(family, batch, steps, features, units):
-    width = GATE_BLOCKS[family] * units
-    return 2.0 * batch * steps * (features + units) * width
+def _other_backend(backend: str, quick: bool, repeats: int, configs, log) -> dict:
+    """The matrix rows of another backend, from a child process."""
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        log(f"{backend}: not installed, skipped")
+        return {"rows": [], "skipped": f"{backend} is not installed"}
+    command = [sys.executable, "-m", "keras_gates.cli", "bench"]
+    command += ["--backend-child", backend, "--repeats", str(repeats)]
+    command += ["--configs", ",".join(configs)]
+    command += ["--quick"] if quick else []
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if backend == "jax":
+        env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        log(f"{backend}: failed: {reason}")
+        return {"rows": [], "skipped": f"the {backend} child failed: {reason}"}
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    for row in rows:
+        log(_format_row(row))
+    return {"rows": rows}
 
 
 def _status_mib(field: str) -> float:
@@ -213,11 +304,11 @@ def _memory_child(family, label, steps, features, units):
     """
     _check_backend()
     make = dict(_layers()[family])[label]
-    fns = _make_fns(make, 64, steps, features, units)
+    fns = _fns("tf-graph", make, 64, steps, features, units)
     # Warm the runtime on a forward pass (a training step would leave its
     # freed buffers in the allocator and hide the next one's); the growth then
     # counts the training step's activations and gradients, and its tracing.
-    fns["forward"]()
+    fns["infer"]()
     before = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
@@ -228,32 +319,31 @@ def _memory_child(family, label, steps, features, units):
 
 
 def _memory(family, label, steps, features, units):
-    command = [
-        sys.executable,
-        "-m",
-        "keras_gates.cli",
-        "bench",
-        "--memory-child",
-        family,
-        label,
-        str(steps),
-        str(features),
-        str(units),
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_gates.cli", "bench", "--memory-child"]
+    command += [family, label, str(steps), str(features), str(units)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_benchmark(quick=False, repeats=None, memory=True, log=print) -> dict:
+def _load() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run_benchmark(
+    quick=False, repeats=None, memory=True, serving=True, configs=None, log=print
+) -> dict:
     _check_backend()
     import keras
     import tensorflow as tf
 
-    configs = QUICK_CONFIGS if quick else FULL_CONFIGS
     repeats = repeats or (3 if quick else 11)
+    configs = tuple(configs or (c for cs in CONFIGS.values() for c in cs))
     results = {
         "machine": {
             "platform": platform.platform(),
@@ -261,60 +351,30 @@ def run_benchmark(quick=False, repeats=None, memory=True, log=print) -> dict:
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "load_before": _load(),
         "repeats": repeats,
         "rows": [],
-        "memory": [],
+        "skipped": {},
         "serving": [],
+        "memory": [],
     }
-    try:
-        import torch
-
-        results["machine"]["torch"] = torch.__version__
-    except ImportError:
-        pass
-    for family, candidates in _layers().items():
-        for name, batch, steps, features, units, modes in configs:
-            shape = f"{batch}x{steps}x{features}->{units}"
-            fns = {
-                label: _make_fns(make, batch, steps, features, units)
-                for label, make in candidates
-            }
-            torch_fns = _torch_fns(family, batch, steps, features, units)
-            sgemm = _sgemm_rate(batch, units, GATE_BLOCKS[family] * units, repeats)
-            flops = _forward_flops(family, batch, steps, features, units)
-            inner = 1 if quick else (3 if batch == 1 else 1)
-            for mode in modes:
-                timed = {label: f[mode] for label, f in fns.items()}
-                medians = _interleaved(timed, repeats, inner)
-                if torch_fns is not None:
-                    # Timed apart: torch's OpenMP threads keep spinning after a
-                    # call and slowed whichever TF function ran next.
-                    medians.update(
-                        _interleaved({"torch": torch_fns[mode]}, repeats, inner)
-                    )
-                ours_label = candidates[0][0]
-                ours = medians[ours_label]
-                mode_flops = flops * (3 if mode == "train" else 1)
-                for label, _ in candidates[1:]:
-                    row = {
-                        "family": family,
-                        "config": name,
-                        "shape": shape,
-                        "mode": mode,
-                        "ours": ours_label,
-                        "theirs": label,
-                        "ours_ms": ours * 1e3,
-                        "theirs_ms": medians[label] * 1e3,
-                        "ratio": ours / medians[label],
-                        "ours_gflops": mode_flops / ours / 1e9,
-                        "sgemm_gflops": sgemm,
-                        "torch_ms": medians["torch"] * 1e3
-                        if "torch" in medians
-                        else None,
-                    }
-                    results["rows"].append(row)
-                    log(_format_row(row))
-    results["serving"] = _serving_rows(quick, log)
+    for backend in ("jax", "torch"):
+        try:
+            module = __import__(backend)
+            results["machine"][backend] = module.__version__
+        except ImportError:
+            pass
+    results["rows"] += matrix_rows("tensorflow", quick, repeats, configs, log)
+    for backend in ("jax", "torch"):
+        if not set(CONFIGS[backend]) & set(configs):
+            continue
+        other = _other_backend(backend, quick, repeats, configs, log)
+        results["rows"] += other["rows"]
+        if "skipped" in other:
+            results["skipped"][backend] = other["skipped"]
+    if serving:
+        results["serving"] = _serving_rows(quick, log)
     if memory:
         steps = MEMORY_STEPS["quick" if quick else "full"]
         features, units = (8, 16) if quick else (64, 128)
@@ -328,16 +388,19 @@ def run_benchmark(quick=False, repeats=None, memory=True, log=print) -> dict:
                 }
                 results["memory"].append(entry)
                 log(f"memory {label:38s} {entry}")
+    results["load_after"] = _load()
+    results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     return results
 
 
 def _serving_rows(quick: bool, log) -> list[dict]:
     """Batch-1 latency of exported SavedModels under TF Serving's C++ loader.
 
-    Ours through `export_for_serving`, the built-in through Keras's own
-    `model.export`; the same model around each (Input -> RNN -> Dense(1)),
-    the request run in a process without TensorFlow's Python package
-    (keras_gates.verify.serving_latency), both measured twice, alternately.
+    The same model around each layer (Input -> RNN -> Dense(1)): ours through
+    ``export_for_serving`` plain and with ``jit_compile=True``, the built-in
+    through Keras's own ``model.export``; each request run in a process
+    without TensorFlow's Python package (``serving_latency``), every export
+    measured twice, alternately; the better of the two medians is reported.
     """
     import tempfile
 
@@ -345,9 +408,9 @@ def _serving_rows(quick: bool, log) -> list[dict]:
     import numpy as np
 
     from keras_gates.serving import export_for_serving
-    from keras_gates.verify import serving_latency
+    from keras_gates.serving.verify import serving_latency
 
-    steps, features, units = (10, 8, 16) if quick else (100, 64, 128)
+    steps, features, units = SHAPE["quick" if quick else "full"]
     runs = 20 if quick else 300
     x = np.random.default_rng(0).normal(size=(1, steps, features)).astype("float32")
     rows = []
@@ -364,60 +427,64 @@ def _serving_rows(quick: bool, log) -> list[dict]:
                     ]
                 )
                 if index == 0:
-                    paths[label] = export_for_serving(
-                        model, base, f"ours_{family}", verify=False
-                    )
+                    for jit in (False, True):
+                        name = f"ours_{family}_{'xla' if jit else 'plain'}"
+                        paths[(label, jit)] = export_for_serving(
+                            model, base, name, verify=False, jit_compile=jit
+                        )
                 else:
-                    paths[label] = os.path.join(base, f"builtin_{family}", "1")
-                    model.export(paths[label], verbose=False)
-            medians = {label: [] for label in paths}
+                    paths[(label, False)] = os.path.join(base, f"builtin_{family}", "1")
+                    model.export(str(paths[(label, False)]), verbose=False)
+            medians = {key: [] for key in paths}
             for _ in range(2):
-                for label, path in paths.items():
+                for key, path in paths.items():
                     latency = serving_latency(path, {"inputs": x}, repeats=runs)
-                    medians[label].append(latency["median_ms"])
-            (ours, ours_ms), (theirs, theirs_ms) = (
-                (label, min(values)) for label, values in medians.items()
-            )
-            row = {
-                "family": family,
-                "shape": f"1x{steps}x{features}->{units}",
-                "ours": ours,
-                "theirs": theirs,
-                "ours_ms": ours_ms,
-                "theirs_ms": theirs_ms,
-                "ratio": ours_ms / theirs_ms,
-            }
-            rows.append(row)
-            log(f"serving {row}")
+                    medians[key].append(latency["median_ms"])
+            best = {key: min(values) for key, values in medians.items()}
+            theirs_key = next(key for key in paths if key[0] == candidates[1][0])
+            for key, ms in best.items():
+                if key == theirs_key:
+                    continue
+                row = {
+                    "family": family,
+                    "shape": f"1x{steps}x{features}->{units}",
+                    "ours": key[0] + (" (jit_compile=True)" if key[1] else ""),
+                    "jit_compile": key[1],
+                    "theirs": theirs_key[0] + " (model.export)",
+                    "ours_ms": ms,
+                    "theirs_ms": best[theirs_key],
+                    "ratio": ms / best[theirs_key],
+                }
+                rows.append(row)
+                log(f"serving {row}")
     return rows
 
 
 HEADER = (
-    "| layer | vs | config | shape (BxTxF->U) | mode | ours ms | theirs ms | ratio "
-    "| ours GFLOP/s | sgemm GFLOP/s | torch ms |"
+    "| configuration | layer | vs | shape (BxTxF->U) | mode | ours ms | theirs ms "
+    "| ratio (median) | ratio (min) |"
 )
 
 
 def _format_row(row) -> str:
-    torch_ms = f"{row['torch_ms']:.2f}" if row["torch_ms"] is not None else "-"
     return (
-        f"| {row['ours']} | {row['theirs']} | {row['config']} | {row['shape']} | "
+        f"| {row['config']} | {row['ours']} | {row['theirs']} | {row['shape']} | "
         f"{row['mode']} | {row['ours_ms']:.2f} | {row['theirs_ms']:.2f} | "
-        f"{row['ratio']:.2f}x | {row['ours_gflops']:.1f} | {row['sgemm_gflops']:.1f} | "
-        f"{torch_ms} |"
+        f"{row['ratio']:.2f}x | {row['min_ratio']:.2f}x |"
     )
 
 
 def format_table(results: dict) -> str:
-    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    lines = [
+        f"load average before {results.get('load_before')}, after "
+        f"{results.get('load_after')}; {results.get('started')}",
+        "",
+        HEADER,
+        "|" + "---|" * HEADER.count(" | ") + "---|",
+    ]
     lines += [_format_row(row) for row in results["rows"]]
-    if results["memory"]:
-        lines += ["", "| layer | shape (BxTxF->U) | train-step peak RSS growth MiB |"]
-        lines += ["|---|---|---|"]
-        for entry in results["memory"]:
-            growth = entry.get("growth_mib")
-            text = f"{growth:.0f}" if growth is not None else str(entry.get("error"))
-            lines.append(f"| {entry['layer']} | {entry['shape']} | {text} |")
+    for backend, why in results.get("skipped", {}).items():
+        lines.append(f"\n{backend}: skipped ({why})")
     if results.get("serving"):
         lines += [
             "",
@@ -430,6 +497,13 @@ def format_table(results: dict) -> str:
                 f"| {row['ours']} | {row['theirs']} | {row['shape']} | "
                 f"{row['ours_ms']:.2f} | {row['theirs_ms']:.2f} | {row['ratio']:.2f}x |"
             )
+    if results["memory"]:
+        lines += ["", "| layer | shape (BxTxF->U) | train-step peak RSS growth MiB |"]
+        lines += ["|---|---|---|"]
+        for entry in results["memory"]:
+            growth = entry.get("growth_mib")
+            text = f"{growth:.0f}" if growth is not None else str(entry.get("error"))
+            lines.append(f"| {entry['layer']} | {entry['shape']} | {text} |")
     return "\n".join(lines)
 
 
@@ -437,6 +511,13 @@ def _option_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the options, before minutes of benchmark run."""
     if args.repeats is not None and args.repeats < 1:
         return f"`--repeats` must be a positive integer; received {args.repeats}."
+    known = [c for cs in CONFIGS.values() for c in cs]
+    unknown = [c for c in args.configs.split(",") if c not in known]
+    if unknown:
+        return (
+            f"`--configs` must name configurations among {', '.join(known)}; "
+            f"received {args.configs!r}."
+        )
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder):
@@ -456,6 +537,10 @@ def run(args: argparse.Namespace) -> int:
     if args.memory_child:
         family, label, steps, features, units = args.memory_child
         return _memory_child(family, label, int(steps), int(features), int(units))
+    if args.backend_child:
+        repeats = args.repeats or (3 if args.quick else 11)
+        configs = tuple(args.configs.split(","))
+        return _backend_child(args.backend_child, args.quick, repeats, configs)
     error = _option_error(args)
     if error:  # one line, no traceback, nothing run
         print(f"keras-gates bench: {error}", file=sys.stderr)
@@ -464,6 +549,8 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         repeats=args.repeats,
         memory=not args.no_memory,
+        serving=not args.no_serving,
+        configs=tuple(args.configs.split(",")),
         log=lambda line: print(line, file=sys.stderr),
     )
     print(format_table(results))

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gates import kernels
 from keras_gates.base import GatedCell, GatedRNN
 
 
@@ -82,6 +83,8 @@ class GRUCell(GatedCell):
     (2, 8)
     """
 
+    # What the cell carries (GatedCell): one state, s, which is the output.
+    state_names = ("s",)
     gate_names = ("o", "i", "s_tilde")
     # keras.layers.GRU's order: update gate z = 1 - i, reset gate r = o, and
     # h, the candidate.
@@ -184,6 +187,25 @@ class GRUCell(GatedCell):
         if return_gates:  # keras_gates.trace_gates reads the step through here
             return s_t, new_states, {"o": o_t, "i": i_t, "s_tilde": s_tilde_t, "s": s_t}
         return s_t, new_states
+
+    def sequence(self, sequences, states, mask=None, **options):
+        """This cell over a whole sequence: ``kernels.gru_sequence`` with its
+        weights, options and dropout masks (``GatedCell.sequence``)."""
+        (s_0,) = states
+        training = options.get("training", False)
+        return kernels.gru_sequence(
+            sequences,
+            s_0,
+            mask,
+            *self.sequence_weights(sequences.dtype),
+            activation=self.activation,
+            recurrent_activation=self.recurrent_activation,
+            **self.sequence_dropout_masks(sequences, states, training),
+            **options,
+        )
+
+    # `sequence` runs the equations of this `call` (GatedCell.has_sequence_kernel).
+    sequence_kernel_call = call
 
     def get_initial_state(self, batch_size=None):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]

@@ -1,16 +1,25 @@
-"""The fast sequence path: the cell's equations, with the loop written for speed.
+"""The sequence loops of the LSTM and the GRU, as functions on tensors.
+
+``lstm_sequence`` and ``gru_sequence`` run a whole sequence through the
+lecture's equations (SPEC §1) given the weights as tensors, the way Keras has
+``keras.backend.lstm`` and flax/haiku a scan over a cell: they know no layer
+or cell class. A cell's ``sequence`` method (``lstm.py``, ``gru.py``) calls
+its kernel with its weights, options and dropout masks; ``GatedRNN.inner_loop``
+calls the cell. A cell whose class writes its own ``call`` without its own
+``sequence`` runs Keras's loop over that ``call`` (``GatedCell.has_sequence_kernel``).
 
 ``keras.layers.RNN`` calls the cell once per time step, and each call does all
 of its work inside the loop: it reads and casts the weights, slices the
 recurrent kernel into gate blocks, projects x_t, splits the pre-activations.
-Every layer of this package runs this module's loop instead (except with
-``unroll``): the same equations, with everything that does not depend on the
-state done once, before the loop. It has two forms, chosen by batch size
-(``GatedRNN.inner_loop``; measured with ``keras-gates bench``):
+These loops do the same equations with the work that does not depend on the
+state done once, before the loop. Which work that is depends on who runs the
+loop, so there are three forms (``LSTM_FORMS``, ``GRU_FORMS``; measured with
+``keras-gates bench``):
 
-Small batches, inference (up to ``fused_max_batch``; serving is often batch
-1): a step costs what its ops cost to launch (~5-10 us each in TensorFlow's
-while loop), not what they compute, so the step has as few ops as possible:
+``"small"``: TensorFlow's graph executor, small batches, inference (serving
+is often batch 1). A step costs what its ops cost to launch (~5-10 us each in
+a ``tf.while_loop``), not what they compute, so the step has as few ops as
+possible:
 
     before the loop, all steps at once (one large matmul; the weights'
     blocks in Keras's order, SPEC §1):
@@ -25,41 +34,61 @@ while loop), not what they compute, so the step has as few ops as possible:
 
 and iterations run one at a time (nothing is left to overlap).
 
-Larger batches and training: the matmuls are the cost. x_t is projected
-inside the step again, where TensorFlow overlaps the products of coming steps
-with the recurrence (32 parallel iterations, as Keras's loop), off its
-critical path; each gate keeps its own activation (one wide sigmoid with the
-tanh identity measured slower than three sigmoids and a tanh at batch 64);
-and the output gate o_t, needed only at the end of the step, gets its own
-product beside the one for i_t, f_t and s~_t, so the two run side by side.
-What it still saves over Keras's loop: no per-step variable reads, casts or
-kernel slices, whose gradients Keras's loop accumulates at every step (the
-GRU's sliced recurrent kernel most: its training step measured 1.5x faster).
-Dropout applies here as in the cell: one input mask and one recurrent mask
-per sequence, drawn before the loop (the input mask is applied to the whole
-sequence at once).
+``"large"``: TensorFlow's graph executor, larger batches and training: the
+matmuls are the cost. x_t is projected inside the step again, where
+TensorFlow overlaps the products of coming steps with the recurrence (32
+parallel iterations), off its critical path; each gate keeps its own
+activation; and the output gate o_t, needed only at the end of the step, gets
+its own product beside the one for i_t, f_t and s~_t, so the two run side by
+side. (The GRU: o_t alone feeds the candidate, so it gets its own, half as
+wide, product.)
 
-The GRU cannot fuse its candidate with its gates (s~_t needs o_t first); its
-weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
+``"compiled"``: XLA (TensorFlow ``jit_compile=True``, and JAX, which always
+compiles). XLA has no per-op launch cost and runs a loop body's ops one after
+another, so what wins in the graph executor loses here: measured at
+100 x 64 -> 128, the LSTM's hoisted input projection with its four-way split
+made the compiled loop 1.15x (batch 1) to 1.65x (batch 64) slower, the
+one-sigmoid trick 1.1x, the split products 1.1-1.3x. The compiled LSTM is the
+plain step (the cell's own arithmetic): per step one product of x_t and one
+of the state with all gate blocks, one activation per block, as Keras's own
+loop (measured at parity with it: both are bound by the same two products per
+step). The GRU has no compiled form: under XLA its graph forms, chosen by
+batch size as below, measured best (the small form 0.48x of Keras's
+GRU(reset_after=False) at batch 1 in JAX, the large one 0.94x at batch 64,
+where the small one was 1.14x; TensorFlow with XLA agreed within noise).
 
-    a_t^{zo} = W_{zo} s_{t-1} + (U_{zo} x_t + b_{zo})    small batches: one
-    z_t, o_t = sigmoid(a_t^{zo}),  i_t = 1 - z_t          matmul, one sigmoid
+``form="auto"`` (what the layers pass) picks ``"large"`` for training (also
+under XLA, where it measured as fast as the compiled form: 0.84x of Keras's
+LSTM, 0.98x of its GRU(reset_after=False) at batch 64), and for inference
+the LSTM's ``"compiled"`` when the loop is being compiled (``compiled()``), else
+``"small"`` up to ``small_batch_max`` examples and ``"large"`` above (with a
+dynamic batch, as in a serving signature, both are traced and ``ops.cond``
+picks one at run time).
+
+The GRU's candidate needs o_t first, so it cannot share one product with its
+gates; its weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
+
+    a_t^{zo} = W_{zo} s_{t-1} + (U_{zo} x_t + b_{zo})
+    z_t, o_t = sigmoid(a_t^{zo}),  i_t = 1 - z_t
     s~_t     = tanh(W (o_t * s_{t-1}) + (U x_t + b))
     s_t      = z_t * s_{t-1} + i_t * s~_t                 (z_t = 1 - i_t)
 
-At larger batches o_t and z_t get a matmul each instead: only o_t is on the
-way to s~_t, and its product is half as wide. The state update is written so
-that z_t * s_{t-1} is computed while s~_t is: two ops after s~_t on the
-critical path. (These choices are per-op measurements, benchmarks/.)
+with z_t * s_{t-1} computed while s~_t is: two ops after s~_t on the
+critical path.
 
-Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``):
-a masked step keeps the state; the output of a masked step repeats the last
+Dropout: the caller draws one input mask and one recurrent mask per sequence
+(variational dropout, as Keras) and passes them in; the input mask is applied
+to the whole sequence at once, the recurrent mask to the state where it meets
+W (never to the carried state).
+
+Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``): a
+masked step keeps the state; the output of a masked step repeats the last
 unmasked output (zeros before the first one), or is zeros with
 ``zero_output_for_mask``; ``go_backwards`` reads from the end and returns the
-outputs in reading order. Because a gated layer's output is its (first)
-state, the loop carries only the state, and the outputs are read off the
-stacked states afterwards with the mask: one vectorised ``where`` instead of
-one per step; without a mask or ``return_sequences`` nothing is stacked.
+outputs in reading order. Because a gated cell's output is its first state,
+the loop carries only the states, and the outputs are read off the stacked
+states afterwards with the mask: one vectorised ``where`` instead of one per
+step; without a mask or ``return_sequences`` nothing is stacked.
 
 Under TensorFlow the loop is a ``tf.while_loop`` over TensorArrays (it traces
 under ``tf.function`` and ``jit_compile``, differentiates under XLA, and
@@ -69,100 +98,339 @@ exports to a SavedModel of core ops); under other backends it is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
+__all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
 
-def supports(layer) -> bool:
-    """Whether ``layer`` (a ``GatedRNN``) can run on this fast path.
+# The forms each kernel has (module docstring); `form="auto"` picks one.
+LSTM_FORMS = ("small", "large", "compiled")
+GRU_FORMS = ("small", "large")
 
-    ``unroll`` keeps the generic path: it exists for short fixed-length
-    sequences (and TFLite), where a Python loop of cell calls is what users
-    ask for.
+
+def compiled() -> bool:
+    """Whether the loop being traced now will be compiled by XLA.
+
+    JAX always compiles. TensorFlow compiles inside ``tf.function(
+    jit_compile=True)`` (also what ``model.compile(jit_compile=True)`` and an
+    XLA-compiled serving export trace under): while such a function traces,
+    TensorFlow keeps an XLA control-flow context on the graph, which
+    ``tf.__internal__.get_enclosing_xla_context()`` (TensorFlow's exported
+    internal API, the one its own losses use to ask the same question) finds.
+    If a TensorFlow release drops that function the answer is False: the
+    loop takes a graph form, correct and only slower under XLA
+    (``tests/test_kernels.py`` checks the answer on both sides).
     """
-    return not layer.unroll and getattr(layer.cell, "gate_names", None) is not None
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    find = getattr(getattr(tf, "__internal__", None), "get_enclosing_xla_context", None)
+    return find is not None and find() is not None
 
 
-def _has_default_activations(cell) -> bool:
-    return (
-        cell.activation is keras.activations.tanh
-        and cell.recurrent_activation is keras.activations.sigmoid
-    )
-
-
-def run(layer, sequences, initial_state, mask=None, training=False, small=False):
-    """``inner_loop`` of ``layer`` on the fast path.
+def lstm_sequence(
+    x: Any,
+    h0: Any,
+    s0: Any,
+    mask: Any,
+    kernel: Any,
+    recurrent_kernel: Any,
+    bias: Any,
+    *,
+    activation: Callable = keras.activations.tanh,
+    recurrent_activation: Callable = keras.activations.sigmoid,
+    forget_gate: bool = True,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    input_dropout_mask: Any = None,
+    recurrent_dropout_mask: Any = None,
+    training: bool = False,
+    form: str = "auto",
+    small_batch_max: int = 4,
+) -> tuple[Any, Any, list]:
+    """The lecture's LSTM over a whole sequence (module docstring).
 
     Args:
-        layer: a built ``keras_gates.LSTM`` or ``GRU``.
-        sequences: (batch, time, features).
-        initial_state: list of (batch, units) states ([h, s] or [s]).
-        mask: optional (batch, time) booleans.
-        training: whether dropout applies (the cell's per-sequence masks,
-            prepared by ``GatedRNN.inner_loop`` before this is called).
-        small: the small-batch form (inference only): every input
-            projection before the loop, the LSTM's gates under one sigmoid,
-            iterations one at a time. Measured faster at batch 1, slower from
-            batch 4 (benchmarks/), where the per-step ops are no longer the
-            cost.
+        x: Inputs, (batch, time, features).
+        h0, s0: Initial states h_0 and s_0, (batch, units) each.
+        mask: Optional (batch, time) booleans; False steps keep the state.
+        kernel: (features, n * units), blocks [U_i | U_f | U | U_o] (no U_f
+            with ``forget_gate=False``): Keras's order, SPEC §1.
+        recurrent_kernel: (units, n * units), the W blocks, same order.
+        bias: (n * units,) or None.
+        activation, recurrent_activation: The state and gate nonlinearities.
+        forget_gate: False for the lecture's variant s_t = s_{t-1} + i_t s~_t.
+        go_backwards: Read from the last step; outputs in reading order.
+        return_sequences: Return every h_t (else only the last).
+        zero_output_for_mask: Masked steps output zeros (else the previous
+            output).
+        input_dropout_mask: Optional (batch, features) multiplier of every x_t.
+        recurrent_dropout_mask: Optional (batch, units) multiplier of h_{t-1}
+            where it meets W.
+        training: Whether gradients will be taken (picks the form).
+        form: ``"auto"`` or one of ``LSTM_FORMS``.
+        small_batch_max: Largest batch that takes the ``"small"`` form at
+            inference, with ``form="auto"``.
 
     Returns:
-        ``(last_output, outputs, states)`` as ``keras.layers.RNN.inner_loop``:
-        last_output (batch, units), outputs (batch, time, units) (or
-        (batch, 1, units) without ``return_sequences``), the final states.
+        ``(last_output, outputs, [h_T, s_T])`` as ``keras.layers.RNN
+        .inner_loop``: last_output (batch, units), outputs (batch, time,
+        units) with ``return_sequences``, else (batch, 1, units).
     """
-    cell = layer.cell
-    dtype = sequences.dtype
-    x = sequences
-    kernel = ops.cast(cell.kernel, dtype)
-    recurrent_kernel = ops.cast(cell.recurrent_kernel, dtype)
-    bias = ops.cast(cell.bias, dtype) if cell.use_bias else None
-    recurrent_mask = None
-    if training:
-        input_mask = cell.get_dropout_mask(x[:, 0, :])
-        if input_mask is not None:  # one mask per sequence: (batch, features)
-            x = x * ops.cast(input_mask, dtype)[:, None, :]
-        recurrent_mask = cell.get_recurrent_dropout_mask(initial_state[0])
-        if recurrent_mask is not None:
-            recurrent_mask = ops.cast(recurrent_mask, dtype)
+    n_blocks = 4 if forget_gate else 3
+    candidate = n_blocks - 2  # Keras's order: i, (f,) s~ (its c), o
+    u = recurrent_kernel.shape[0]
+    default_activations = _is(activation, "tanh") and _is(
+        recurrent_activation, "sigmoid"
+    )
 
-    # Time-major, in reading order: the loop walks axis 0 forwards.
+    x, mask, r_mask = _prepare(
+        x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
+    )
+    keep = return_sequences or mask is not None  # stack the states
+
+    def run(form):
+        dtype = x.dtype
+        k, w, b = kernel, recurrent_kernel, bias
+        # Small form: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
+        # every block (fewer ops per step); the candidate's columns are
+        # doubled once, here. Not in float16 (2 sigmoid - 1 loses tanh's
+        # precision near 0).
+        fuse_tanh = (
+            form == "small"
+            and default_activations
+            and keras.backend.standardize_dtype(dtype) in ("float32", "float64")
+        )
+        if fuse_tanh:
+            scale = ops.concatenate(
+                [
+                    ops.ones((candidate * u,), dtype),
+                    ops.full((u,), 2.0, dtype),
+                    ops.ones((u,), dtype),  # o
+                ]
+            )
+            k, w = k * scale, w * scale
+            b = None if b is None else b * scale
+        if form == "large":
+            # o_t gets its own product, run beside the one for i, f and s~.
+            cuts = [slice(0, (n_blocks - 1) * u), slice((n_blocks - 1) * u, None)]
+            groups = [(k[:, c], w[:, c], None if b is None else b[c]) for c in cuts]
+        else:
+            groups = [(k, w, b)]
+        inputs, project = _input_terms(
+            x, [(gk, gb) for gk, _, gb in groups], hoist=form == "small"
+        )
+        recurrent = [gw for _, gw, _ in groups]
+
+        def lstm_step(carry, inputs_t, mask_t):
+            h_tm1, s_tm1 = carry
+            h_in = h_tm1 if r_mask is None else h_tm1 * r_mask
+            a = [
+                ops.matmul(h_in, gw) + ux
+                for gw, ux in zip(recurrent, project(inputs_t))
+            ]
+            if fuse_tanh:
+                # sigmoid of every block: i, (f,) s~ (as 2 sigmoid(2 a) - 1), o
+                blocks_t = list(ops.split(ops.sigmoid(a[0]), n_blocks, axis=-1))
+                blocks_t[candidate] = 2.0 * blocks_t[candidate] - 1.0  # tanh(a_s)
+            else:
+                # [i, (f,) s~, o], or [i, (f,) s~] and o from its own product
+                a_blocks = [*ops.split(a[0], n_blocks + 1 - len(a), axis=-1), *a[1:]]
+                blocks_t = [
+                    activation(a_j) if j == candidate else recurrent_activation(a_j)
+                    for j, a_j in enumerate(a_blocks)
+                ]
+            i_t, s_tilde_t, o_t = blocks_t[0], blocks_t[candidate], blocks_t[-1]
+            if forget_gate:
+                f_t = blocks_t[1]
+                s_t = f_t * s_tm1 + i_t * s_tilde_t
+            else:
+                s_t = s_tm1 + i_t * s_tilde_t
+            h_t = o_t * activation(s_t)
+            if mask_t is not None:
+                read_t = mask_t[:, None]
+                h_t = ops.where(read_t, h_t, h_tm1)
+                s_t = ops.where(read_t, s_t, s_tm1)
+            return h_t, s_t
+
+        return _scan(lstm_step, (h0, s0), inputs, mask, keep, form, training)
+
+    outputs = (return_sequences, zero_output_for_mask)
+    return _dispatch(run, x, mask, form, LSTM_FORMS, training, small_batch_max, outputs)
+
+
+def gru_sequence(
+    x: Any,
+    s0: Any,
+    mask: Any,
+    kernel: Any,
+    recurrent_kernel: Any,
+    bias: Any,
+    *,
+    activation: Callable = keras.activations.tanh,
+    recurrent_activation: Callable = keras.activations.sigmoid,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    input_dropout_mask: Any = None,
+    recurrent_dropout_mask: Any = None,
+    training: bool = False,
+    form: str = "auto",
+    small_batch_max: int = 16,
+) -> tuple[Any, Any, list]:
+    """The lecture's GRU over a whole sequence (module docstring).
+
+    Args:
+        x: Inputs, (batch, time, features).
+        s0: Initial state s_0, (batch, units).
+        mask: Optional (batch, time) booleans; False steps keep the state.
+        kernel: (features, 3 * units), blocks [U_z | U_o | U] (Keras's
+            GRU(reset_after=False) [z | r | h], z = 1 - i; SPEC §1).
+        recurrent_kernel: (units, 3 * units), [W_z | W_o | W].
+        bias: (3 * units,) or None.
+        Other arguments: as ``lstm_sequence`` (``form``: one of
+        ``GRU_FORMS``); the recurrent dropout mask multiplies s_{t-1} where it
+        meets W, never in z_t * s_{t-1}.
+
+    Returns:
+        ``(last_output, outputs, [s_T])`` as ``lstm_sequence``.
+    """
+    u = recurrent_kernel.shape[0]
+
+    x, mask, r_mask = _prepare(
+        x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
+    )
+    keep = return_sequences or mask is not None  # stack the states
+
+    def run(form):
+        def cols(j, n=1):  # gate blocks j .. j + n - 1 of (U, W, b)
+            c = slice(j * u, (j + n) * u)
+            return (
+                kernel[:, c],
+                recurrent_kernel[:, c],
+                None if bias is None else bias[c],
+            )
+
+        # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
+        if form == "large":
+            # o_t alone feeds the candidate: its own (half as wide) product,
+            # a shorter critical path; z_t's runs alongside.
+            groups = [cols(0), cols(1), cols(2)]
+        else:
+            # z and o from one product and one activation.
+            groups = [cols(0, 2), cols(2)]
+        inputs, project = _input_terms(
+            x, [(gk, gb) for gk, _, gb in groups], hoist=form == "small"
+        )
+        recurrent = [gw for _, gw, _ in groups]
+
+        def gru_step(carry, inputs_t, mask_t):
+            (s_tm1,) = carry
+            s_in = s_tm1 if r_mask is None else s_tm1 * r_mask
+            *ux_gates, ux_s = project(inputs_t)
+            gates = [
+                recurrent_activation(ops.matmul(s_in, gw) + ux)
+                for gw, ux in zip(recurrent[:-1], ux_gates)
+            ]
+            z_t, o_t = gates if len(gates) == 2 else ops.split(gates[0], 2, axis=-1)
+            i_t = 1.0 - z_t
+            s_tilde_t = activation(ops.matmul(o_t * s_in, recurrent[-1]) + ux_s)
+            # z_t * s_{t-1} (z_t = 1 - i_t) is ready before s~_t: two ops after
+            # it on the critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one
+            # op fewer but three after s~_t, and measured 1.2x slower).
+            s_t = z_t * s_tm1 + i_t * s_tilde_t
+            if mask_t is not None:
+                s_t = ops.where(mask_t[:, None], s_t, s_tm1)
+            return (s_t,)
+
+        return _scan(gru_step, (s0,), inputs, mask, keep, form, training)
+
+    outputs = (return_sequences, zero_output_for_mask)
+    return _dispatch(run, x, mask, form, GRU_FORMS, training, small_batch_max, outputs)
+
+
+def _is(function: Callable, name: str) -> bool:
+    return function is getattr(keras.activations, name)
+
+
+def _prepare(x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards):
+    """Time-major inputs and mask in reading order, dropout applied.
+
+    Returns ``(x (time, batch, features), mask (time, batch) or None, the
+    recurrent dropout mask in x's dtype or None)``.
+    """
+    dtype = x.dtype
+    if input_dropout_mask is not None:  # one mask per sequence: (batch, features)
+        x = x * ops.cast(input_dropout_mask, dtype)[:, None, :]
+    r_mask = None
+    if recurrent_dropout_mask is not None:
+        r_mask = ops.cast(recurrent_dropout_mask, dtype)
     x = ops.transpose(x, (1, 0, 2))  # (time, batch, features)
     if mask is not None:
         mask = ops.transpose(ops.cast(mask, "bool"), (1, 0))  # (time, batch)
-    if layer.go_backwards:
+    if go_backwards:
         x = ops.flip(x, axis=0)
         if mask is not None:
             mask = ops.flip(mask, axis=0)
+    return x, mask, r_mask
 
-    # Without a mask and without return_sequences only the final state
-    # matters: the loop then carries the state alone (no per-step writes of a
-    # stacked sequence), which is the common serving case.
-    keep_sequence = layer.return_sequences or mask is not None
-    from keras_gates.lstm import LSTMCell  # here: lstm.py imports this module
 
-    loop = _lstm_loop if isinstance(cell, LSTMCell) else _gru_loop
-    states_seq, final_states = loop(
-        cell,
-        x,
-        initial_state,
-        mask,
-        (kernel, recurrent_kernel, bias),
-        keep_sequence=keep_sequence,
-        small=small and not training,
-        recurrent_mask=recurrent_mask,
-        training=training,
+def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
+    """Run the loop in ``form`` (or the one ``"auto"`` picks), read the outputs.
+
+    ``run(form) -> (final states, the first state at every step or None)``;
+    ``x`` and ``mask`` are time-major; ``forms`` the kernel's forms;
+    ``outputs`` is ``(return_sequences, zero_output_for_mask)``.
+    """
+
+    def outputs_of(form):
+        final, sequence = run(form)
+        last, outputs_t = _read_outputs(final, sequence, mask, *outputs)
+        return last, outputs_t, list(final)
+
+    if form != "auto":
+        if form not in forms:
+            raise ValueError(
+                f"`form` must be 'auto' or one of {forms}; received {form!r}."
+            )
+        return outputs_of(form)
+    if training:
+        return outputs_of("large")
+    if "compiled" in forms and compiled():
+        return outputs_of("compiled")
+    batch = x.shape[1]
+    if batch is not None:  # known when tracing: choose now
+        return outputs_of("small" if batch <= small_batch_max else "large")
+    # Dynamic batch (a serving signature): both forms in the graph, one runs.
+    return ops.cond(
+        ops.shape(x)[1] <= small_batch_max,
+        lambda: outputs_of("small"),
+        lambda: outputs_of("large"),
     )
-    if states_seq is None:
-        last_output = final_states[0]
-        return last_output, last_output[:, None, :], final_states
 
-    # The output at each step is the first state (h_t, or s_t for the GRU);
-    # masked steps repeat the last unmasked output (zeros before it) or are
-    # zeros with zero_output_for_mask.
-    outputs = states_seq  # (time, batch, units)
+
+def _read_outputs(final, sequence, mask, return_sequences, zero_output_for_mask):
+    """``(last_output, outputs)`` from the loop's states.
+
+    The output at each step is the first state (h_t, or s_t for the GRU);
+    masked steps repeat the last unmasked output (zeros before it) or are
+    zeros with zero_output_for_mask. ``sequence`` is None when only the last
+    output is wanted and there is no mask (nothing was stacked).
+    """
+    if sequence is None:
+        last_output = final[0]
+        return last_output, last_output[:, None, :]
+    outputs = sequence  # (time, batch, units)
     if mask is not None:
-        if layer.zero_output_for_mask:
+        if zero_output_for_mask:
             shown = mask
         else:
             # seen_t: some step up to t was unmasked; the state has not moved
@@ -170,22 +438,21 @@ def run(layer, sequences, initial_state, mask=None, training=False, small=False)
             shown = ops.cumsum(ops.cast(mask, "int32"), axis=0) > 0
         outputs = ops.where(shown[:, :, None], outputs, ops.zeros_like(outputs))
     last_output = outputs[-1]
-    if layer.return_sequences:
-        outputs = ops.transpose(outputs, (1, 0, 2))  # (batch, time, units)
-    else:
-        outputs = last_output[:, None, :]
-    return last_output, outputs, final_states
+    if return_sequences:
+        return last_output, ops.transpose(outputs, (1, 0, 2))  # (batch, time, u)
+    return last_output, last_output[:, None, :]
 
 
 def _input_terms(x, blocks, hoist):
     """The loop's per-step inputs, and how a step turns them into U x_t + b.
 
     ``blocks`` is a list of (kernel, bias) column blocks; the step gets one
-    pre-activation per block. Hoisted (small batches): U x_t + b of every
+    pre-activation per block. Hoisted (the small form): U x_t + b of every
     step before the loop, one large matmul per block. Otherwise x_t is read
-    and projected inside the step: at batch 64 TensorFlow runs these products
-    for the coming steps alongside the recurrence (parallel iterations), off
-    its critical path, and their weight gradients accumulate there too.
+    and projected inside the step: in TensorFlow's executor at batch 64 these
+    products for coming steps run alongside the recurrence (parallel
+    iterations), off its critical path; under XLA this measured faster than
+    hoisting.
 
     Returns ``(sequences, project)``: the time-major tensors the loop reads,
     and ``project(step_inputs) -> [U x_t + b per block]``.
@@ -217,31 +484,30 @@ def _project(x, kernel, bias):
     return ops.reshape(ux, (shape[0], shape[1], kernel.shape[-1]))
 
 
-def _scan(step, init, inputs, mask, keep_sequence, small, training):
+def _scan(step, init, inputs, mask, keep_sequence, form, training):
     """Run ``step`` over the time-major tensors ``inputs`` (and ``mask``).
 
     ``step(carry, inputs_t, mask_t) -> new_carry``: ``inputs_t`` a list (one
     slice per tensor of ``inputs``), mask_t None without a mask; ``carry`` a
     tuple of states whose first element is the output. Returns
-    ``(final carry, the first state at every step)``, the sequence None when
-    ``keep_sequence`` is False and there is no mask.
+    ``(final carry, the first state at every step or None)``.
     """
     if keras.backend.backend() == "tensorflow":
-        return _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training)
+        return _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training)
     return _scan_ops(step, init, inputs, mask, keep_sequence)
 
 
-def _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training):
+def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
     """The TensorFlow loop: a ``tf.while_loop`` over TensorArrays, as
     ``keras.layers.RNN``'s own. (``keras.ops.scan`` round-trips its carry
     through a TensorArray at every step and its gradient does not compile
     under XLA.)
 
-    Iterations overlap (``parallel_iterations``) except in the small-batch
-    form, where everything off the recurrence is already out of the loop and
-    one at a time measured faster. The trip count is ``maximum_iterations``
-    alone (XLA needs it to differentiate the loop; a condition on top would
-    add ops to every step).
+    Iterations overlap (``parallel_iterations``) except in the small form,
+    where everything off the recurrence is already out of the loop and one at
+    a time measured faster. The trip count is ``maximum_iterations`` alone
+    (XLA needs it to differentiate the loop; a condition on top would add ops
+    to every step).
     """
     import tensorflow as tf
 
@@ -256,18 +522,17 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training):
         mask_ta = tf.TensorArray(
             tf.bool, size=length, element_shape=mask.shape[1:]
         ).unstack(mask)
-    keep = keep_sequence or mask is not None
 
     def body(t, *loop_vars):
         carry = loop_vars[-len(init) :]
         mask_t = None if mask_ta is None else mask_ta.read(t)
         new_carry = tuple(step(carry, [ta.read(t) for ta in inputs_ta], mask_t))
-        if keep:
+        if keep_sequence:
             return (t + 1, loop_vars[0].write(t, new_carry[0]), *new_carry)
         return (t + 1, *new_carry)
 
     loop_vars = (tf.constant(0, "int32"), *init)
-    if keep:
+    if keep_sequence:
         outputs_ta = tf.TensorArray(
             init[0].dtype, size=length, element_shape=init[0].shape
         )
@@ -277,11 +542,11 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, small, training):
         body,
         loop_vars,
         maximum_iterations=length,
-        parallel_iterations=1 if small else 32,
+        parallel_iterations=1 if form == "small" else 32,
         swap_memory=training,
     )
     carry = tuple(result[-len(init) :])
-    if not keep:
+    if not keep_sequence:
         return carry, None
     sequence = result[1].stack()
     sequence.set_shape((static_length, *init[0].shape))
@@ -311,161 +576,4 @@ def _scan_ops(step, init, inputs, mask, keep_sequence):
 
     length = packed.shape[0] if isinstance(packed.shape[0], int) else None
     carry, sequence = ops.scan(scan_step, tuple(init), packed, length=length)
-    return carry, (sequence if keep_sequence or mask is not None else None)
-
-
-def _lstm_loop(
-    cell,
-    x,
-    initial_state,
-    mask,
-    weights,
-    keep_sequence,
-    small,
-    recurrent_mask,
-    training,
-):
-    kernel, recurrent_kernel, bias = weights
-    u = cell.units
-    n_gates = cell.num_gate_blocks  # Keras's order: i, (f,) s~ (its c), o
-    candidate = n_gates - 2  # the s~ block
-    # Small batches: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
-    # every block (fewer ops per step); the candidate block's columns are
-    # doubled once, here. Not in float16 (2 sigmoid - 1 loses tanh's
-    # precision near 0) and not at larger batches, where the one wide
-    # sigmoid measured slower than three sigmoids and a tanh.
-    fuse_tanh = (
-        small
-        and _has_default_activations(cell)
-        and keras.backend.standardize_dtype(x.dtype) in ("float32", "float64")
-    )
-    if fuse_tanh:
-        scale = ops.concatenate(
-            [
-                ops.ones((candidate * u,), x.dtype),
-                ops.full((u,), 2.0, x.dtype),
-                ops.ones((u,), x.dtype),  # o
-            ]
-        )
-        kernel = kernel * scale
-        recurrent_kernel = recurrent_kernel * scale
-        if bias is not None:
-            bias = bias * scale
-
-    if small:
-        # Per-op bound: every block from one matmul.
-        groups = [(kernel, recurrent_kernel, bias)]
-    else:
-        # Matmul bound: o_t is needed only at the end of the step, so it gets
-        # its own product, which runs alongside the one for i, f and s~ (a
-        # shorter critical path: measured 0.89x instead of 0.97x of Keras's
-        # LSTM at batch 64, both shapes of the benchmark). o is the last block.
-        groups = [
-            (
-                kernel[:, cols],
-                recurrent_kernel[:, cols],
-                None if bias is None else bias[cols],
-            )
-            for cols in (slice(0, (n_gates - 1) * u), slice((n_gates - 1) * u, None))
-        ]
-    inputs, project = _input_terms(x, [(k, b) for k, _, b in groups], hoist=small)
-    recurrent = [w for _, w, _ in groups]
-
-    def lstm_step(carry, inputs_t, mask_t):
-        h_tm1, s_tm1 = carry
-        h_in = h_tm1 if recurrent_mask is None else h_tm1 * recurrent_mask
-        pre = [ops.matmul(h_in, w) + ux for w, ux in zip(recurrent, project(inputs_t))]
-        if fuse_tanh:
-            # sigmoid of every block: i, (f,) s~ (as 2 sigmoid(2 a) - 1), o
-            blocks_t = ops.split(ops.sigmoid(pre[0]), n_gates, axis=-1)
-            s_tilde_t = 2.0 * blocks_t[candidate] - 1.0  # = tanh(a_s)
-        else:
-            if small:
-                a_blocks = ops.split(pre[0], n_gates, axis=-1)
-            else:
-                a_blocks = [*ops.split(pre[0], n_gates - 1, axis=-1), pre[1]]
-            blocks_t = [
-                cell.activation(a) if j == candidate else cell.recurrent_activation(a)
-                for j, a in enumerate(a_blocks)
-            ]
-            s_tilde_t = blocks_t[candidate]
-        i_t, o_t = blocks_t[0], blocks_t[-1]
-        if cell.forget_gate:
-            f_t = blocks_t[1]
-            s_t = f_t * s_tm1 + i_t * s_tilde_t
-        else:
-            s_t = s_tm1 + i_t * s_tilde_t
-        h_t = o_t * cell.activation(s_t)
-        if mask_t is not None:
-            keep = mask_t[:, None]
-            h_t = ops.where(keep, h_t, h_tm1)
-            s_t = ops.where(keep, s_t, s_tm1)
-        return h_t, s_t
-
-    carry, h_seq = _scan(
-        lstm_step,
-        (initial_state[0], initial_state[1]),
-        inputs,
-        mask,
-        keep_sequence,
-        small,
-        training,
-    )
-    return h_seq, list(carry)
-
-
-def _gru_loop(
-    cell,
-    x,
-    initial_state,
-    mask,
-    weights,
-    keep_sequence,
-    small,
-    recurrent_mask,
-    training,
-):
-    kernel, recurrent_kernel, bias = weights
-    u = cell.units
-
-    def block(j, k=1):  # gate blocks j .. j + k - 1 of (U, W, b), split once
-        cols = slice(j * u, (j + k) * u)
-        b = None if bias is None else bias[cols]
-        return kernel[:, cols], recurrent_kernel[:, cols], b
-
-    # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
-    if small:
-        # Per-op bound: z and o from one matmul and one sigmoid.
-        groups = [block(0, 2), block(2)]
-    else:
-        # Matmul bound: o_t alone feeds the candidate, so it gets its own
-        # (half as wide) product and the critical path is shorter; z_t's
-        # runs alongside. Measured 0.83x instead of 1.08x of Keras's GRU at
-        # 64 x 200 x 64 -> 256.
-        groups = [block(0), block(1), block(2)]
-    inputs, project = _input_terms(x, [(k, b) for k, _, b in groups], hoist=small)
-    recurrent = [w for _, w, _ in groups]
-
-    def gru_step(carry, inputs_t, mask_t):
-        (s_tm1,) = carry
-        s_in = s_tm1 if recurrent_mask is None else s_tm1 * recurrent_mask
-        *ux_gates, ux_s = project(inputs_t)
-        gates = [
-            cell.recurrent_activation(ops.matmul(s_in, w) + ux)
-            for w, ux in zip(recurrent[:-1], ux_gates)
-        ]
-        z_t, o_t = ops.split(gates[0], 2, axis=-1) if small else gates
-        i_t = 1.0 - z_t
-        s_tilde_t = cell.activation(ops.matmul(o_t * s_in, recurrent[-1]) + ux_s)
-        # z_t * s_{t-1} (z_t = 1 - i_t) is ready before s~_t: two ops after it
-        # on the critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one op
-        # fewer but three after s~_t, and measured 1.2x slower at batch 64).
-        s_t = z_t * s_tm1 + i_t * s_tilde_t
-        if mask_t is not None:
-            s_t = ops.where(mask_t[:, None], s_t, s_tm1)
-        return (s_t,)
-
-    carry, s_seq = _scan(
-        gru_step, (initial_state[0],), inputs, mask, keep_sequence, small, training
-    )
-    return s_seq, list(carry)
+    return carry, (sequence if keep_sequence else None)

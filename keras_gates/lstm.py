@@ -37,7 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks
+from keras_gates import checks, kernels
 from keras_gates.base import GatedCell, GatedRNN
 
 
@@ -143,6 +143,9 @@ class LSTMCell(GatedCell):
         self.forget_gate = forget_gate
         self.state_size = [self.units, self.units]  # h, s
 
+    # What the cell carries (GatedCell): the states [h, s], h the output.
+    state_names = ("h", "s")
+
     @property
     def gate_names(self) -> tuple[str, ...]:
         if self.forget_gate:
@@ -225,6 +228,27 @@ class LSTMCell(GatedCell):
                 gates["f"] = f_t
             return h_t, [h_t, s_t], gates
         return h_t, [h_t, s_t]
+
+    def sequence(self, sequences, states, mask=None, **options):
+        """This cell over a whole sequence: ``kernels.lstm_sequence`` with its
+        weights, options and dropout masks (``GatedCell.sequence``)."""
+        h_0, s_0 = states
+        training = options.get("training", False)
+        return kernels.lstm_sequence(
+            sequences,
+            h_0,
+            s_0,
+            mask,
+            *self.sequence_weights(sequences.dtype),
+            activation=self.activation,
+            recurrent_activation=self.recurrent_activation,
+            forget_gate=self.forget_gate,
+            **self.sequence_dropout_masks(sequences, states, training),
+            **options,
+        )
+
+    # `sequence` runs the equations of this `call` (GatedCell.has_sequence_kernel).
+    sequence_kernel_call = call
 
     def get_initial_state(self, batch_size=None):
         return [

@@ -1,7 +1,9 @@
 """The parity tests again under KERAS_BACKEND=jax (the cells use keras.ops only).
 
 Keras fixes its backend at import, so the JAX run is a separate pytest process
-over the tests marked `jax_parity` (tests/test_layers.py, tests/test_convert.py).
+over the tests marked `jax_parity` (tests/test_layers.py, tests/test_convert.py,
+and tests/test_kernel_functions.py: the sequence kernels in every form, values and
+gradients under jax.jit).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def test_parity_suite_passes_under_jax():
             "no:cacheprovider",
             str(TESTS / "test_layers.py"),
             str(TESTS / "test_convert.py"),
+            str(TESTS / "test_kernel_functions.py"),
         ],
         capture_output=True,
         text=True,

@@ -1,8 +1,10 @@
-"""The fast sequence path (keras_gates/kernels.py) equals the plain cell loop.
+"""The layers' sequence kernels (keras_gates/kernels.py) equal the plain cell loop.
 
 The plain path is ``keras.layers.RNN.inner_loop`` over the layer's own cell
 (the readable step in lstm.py / gru.py); the fast path is what the layers
-run by default, in both of its forms (small- and large-batch) and in training.
+run by default, in every form (small- and large-batch, and the LSTM's
+compiled form) and in training. tests/test_kernel_functions.py calls the
+kernels directly, without a layer, on every backend.
 Values and gradients (w.r.t. the inputs and every weight)
 must agree across masks, dropout with a seed, go_backwards, initial and
 carried state, mixed precision and jit_compile; values also match the NumPy
@@ -36,26 +38,45 @@ MASKS = {
 GRAD_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, params=["small", "large"])
+@pytest.fixture(autouse=True, params=["small", "large", "compiled"])
 def form(request, monkeypatch):
-    """The fast path has two forms, picked by batch size at inference (up to
-    `fused_max_batch`: the small-batch one). Every test runs each form at any
-    batch; training always takes the large-batch form."""
-    limit = 10**9 if request.param == "small" else 0
-    for layer_class in (keras_gates.LSTM, keras_gates.GRU):
-        monkeypatch.setattr(layer_class, "fused_max_batch", limit)
+    """The kernels' forms: at inference, "compiled" when XLA compiles the loop
+    (the LSTM's; made to answer so here), else "small" up to
+    `fused_max_batch` and "large" above. Every test runs each form at any
+    batch; training always takes the large form."""
+    if request.param == "compiled":
+        if request.node.callspec.params.get("variant") == "gru":
+            pytest.skip("the GRU has no compiled form (kernels.GRU_FORMS)")
+        monkeypatch.setattr(kernels, "compiled", lambda: True)
+    else:
+        limit = 10**9 if request.param == "small" else 0
+        for layer_class in (keras_gates.LSTM, keras_gates.GRU):
+            monkeypatch.setattr(layer_class, "fused_max_batch", limit)
     return request.param
+
+
+def spy_forms(monkeypatch) -> list:
+    """The form of every loop the kernels build from now on."""
+    forms = []
+    original = kernels._scan
+
+    def spy(step, init, inputs, mask, keep, form, training):
+        forms.append(form)
+        return original(step, init, inputs, mask, keep, form, training)
+
+    monkeypatch.setattr(kernels, "_scan", spy)
+    return forms
 
 
 @contextlib.contextmanager
 def plain_path():
     """Run the layers on keras.layers.RNN's generic loop over the cell."""
-    original = kernels.supports
-    kernels.supports = lambda layer: False
+    original = GatedRNN.runs_sequence_kernel
+    GatedRNN.runs_sequence_kernel = lambda layer: False
     try:
         yield
     finally:
-        kernels.supports = original
+        GatedRNN.runs_sequence_kernel = original
 
 
 def random_inputs(batch, time, features, seed=1):
@@ -89,7 +110,7 @@ def values_and_gradients(layer, x, **call_kwargs):
 def assert_paths_equal(make, x, atol=ATOL, grad_atol=GRAD_ATOL, rtol=RTOL, **kwargs):
     """`make()` twice with the same weights: fast path == plain path."""
     fast_layer, plain_layer = make(), make()
-    assert kernels.supports(fast_layer)
+    assert fast_layer.runs_sequence_kernel()
     fast = values_and_gradients(fast_layer, x, **kwargs)
     with plain_path():
         plain = values_and_gradients(plain_layer, x, **kwargs)
@@ -164,13 +185,7 @@ def test_fast_equals_plain_in_training_with_dropout(
     """Training runs on the fast path (large-batch form) with the same
     per-sequence dropout masks as the plain loop: same seed, same values and
     gradients."""
-    forms = []
-    original = kernels.run
-    monkeypatch.setattr(
-        kernels,
-        "run",
-        lambda *a, **k: forms.append((k["training"], k["small"])) or original(*a, **k),
-    )
+    forms = spy_forms(monkeypatch)
     mask = None if MASKS[mask_name] is None else np.array(MASKS[mask_name], bool)
     x = random_inputs(3, 6, 4)
 
@@ -188,7 +203,7 @@ def test_fast_equals_plain_in_training_with_dropout(
         )
 
     fast = assert_paths_equal(make, x, mask=mask, training=True)
-    assert forms == [(True, False)]
+    assert forms == ["large"]
     # Dropout did apply: the same layer without it gives other values.
     layer = make()
     no_dropout = as_numpy(layer(x, mask=mask, training=False)[0])
@@ -280,7 +295,7 @@ def test_fast_equals_plain_mixed_precision(variant, training):
 def test_unroll_keeps_the_plain_path(variant):
     layer = make_layer(variant, 4, 3, unroll=True)
     assert isinstance(layer, GatedRNN)
-    assert not kernels.supports(layer)
+    assert not layer.runs_sequence_kernel()
 
 
 def test_fast_path_exports_core_ops_only(variant, tmp_path):
@@ -304,22 +319,20 @@ def test_fast_path_exports_core_ops_only(variant, tmp_path):
 
 
 @pytest.mark.parametrize("layer_class", [keras_gates.LSTM, keras_gates.GRU])
-def test_dispatch_by_batch_size(layer_class, monkeypatch):
+def test_dispatch_by_batch_size(layer_class, form, monkeypatch):
     """Static batch: the form is chosen when tracing; dynamic batch (a serving
     signature): both forms in the graph, `ops.cond` picks; training: the
     large-batch form; every route equals the oracle."""
+    if form != "small":
+        pytest.skip("the dispatch itself is under test: once is enough")
     monkeypatch.setattr(layer_class, "fused_max_batch", 2)
-    calls = []
-    original = kernels.run
-    monkeypatch.setattr(
-        kernels, "run", lambda *a, **k: calls.append(k["small"]) or original(*a, **k)
-    )
+    calls = spy_forms(monkeypatch)
     variant = "lstm" if layer_class is keras_gates.LSTM else "gru"
     layer = make_layer(variant, 5, 4, return_sequences=True)
     for batch, training, forms in (
-        (1, False, [True]),
-        (3, False, [False]),
-        (1, True, [False]),
+        (1, False, ["small"]),
+        (3, False, ["large"]),
+        (1, True, ["large"]),
     ):
         calls.clear()
         x = random_inputs(batch, 6, 4)

@@ -1,0 +1,361 @@
+"""The sequence kernels as functions on tensors, with no layer in sight.
+
+``kernels.lstm_sequence`` / ``gru_sequence`` in every form against the NumPy
+oracle (tests/reference.py): masks, go_backwards, initial state, dropout
+masks; their gradients against those of Keras's own loop over the cell's
+readable ``call`` (``keras.layers.RNN(cell)``), both through the backend's
+autodiff; the same compiled (``tf.function(jit_compile=True)`` / ``jax.jit``).
+The tests marked ``jax_parity`` run again under KERAS_BACKEND=jax
+(tests/test_backends.py).
+
+Also here, because they are about which loop runs: the layers know when XLA
+compiles them; a ``GatedCell`` subclass with its own ``call`` runs that
+``call``; inference draws no dropout masks.
+
+Tolerances: float32 kernels against the float64 oracle, ATOL/RTOL as
+conftest.py; gradients 1e-4 (sums over <= 6 steps of 5 units).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import ATOL, RTOL, as_numpy, make_layer, reference
+from keras import ops
+
+import keras_gates
+from keras_gates import kernels
+from keras_gates.base import GatedCell, GatedRNN
+
+BACKEND = keras.backend.backend()
+GRAD_ATOL = 1e-4
+VARIANT_FORMS = [
+    (variant, form)
+    for variant in ("lstm", "lstm_no_forget", "gru")
+    for form in (kernels.GRU_FORMS if variant == "gru" else kernels.LSTM_FORMS)
+]
+GAPS = [[1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
+LEFT_PADDING = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]]
+# name -> (kernel options, what the oracle gets)
+CASES = {
+    "plain": {},
+    "gaps_backwards": {"mask": GAPS, "go_backwards": True},
+    "left_padding_initial_state_zero_output": {
+        "mask": LEFT_PADDING,
+        "initial_state": True,
+        "zero_output_for_mask": True,
+    },
+    "last_output_with_mask": {"mask": GAPS, "return_sequences": False},
+    "dropout_masks": {"dropout": True},
+}
+
+
+def kernel_call(variant, weights, x, form, **options):
+    """The variant's kernel on NumPy inputs; weights as NumPy arrays."""
+    x = ops.convert_to_tensor(x)
+    kernel, recurrent_kernel, bias = (ops.convert_to_tensor(w) for w in weights)
+    units = weights[1].shape[0]
+    states = options.pop("states", None)
+    if states is None:
+        states = [ops.zeros((x.shape[0], units)) for _ in range(2)]
+    states = [ops.convert_to_tensor(s) for s in states]
+    if variant == "gru":
+        return kernels.gru_sequence(
+            x, states[0], options.pop("mask", None), kernel, recurrent_kernel, bias,
+            form=form, **options,
+        )  # fmt: skip
+    return kernels.lstm_sequence(
+        x, states[0], states[1], options.pop("mask", None), kernel, recurrent_kernel,
+        bias, forget_gate=variant == "lstm", form=form, **options,
+    )  # fmt: skip
+
+
+def random(shape, seed):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("variant,form", VARIANT_FORMS)
+def test_kernel_equals_oracle(variant, form, case):
+    spec = dict(CASES[case])
+    layer = make_layer(variant, 5, 4)  # only for its random weights
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 1)
+    n_states = 1 if variant == "gru" else 2
+    options = {"return_sequences": spec.pop("return_sequences", True)}
+    oracle = {}
+    if "mask" in spec:
+        options["mask"] = oracle["mask"] = np.array(spec.pop("mask"), bool)
+    for name in ("go_backwards", "zero_output_for_mask"):
+        if name in spec:
+            options[name] = oracle[name] = spec.pop(name)
+    if spec.pop("initial_state", False):
+        states = [random((3, 5), 7 + k) for k in range(n_states)]
+        options["states"] = states
+        oracle["initial_state"] = states
+    if spec.pop("dropout", False):
+        input_mask = (random((3, 4), 3) > 0).astype("float32") * 2.0
+        recurrent_mask = (random((3, 5), 4) > -0.5).astype("float32") / 0.7
+        options["input_dropout_mask"] = input_mask
+        options["recurrent_dropout_mask"] = recurrent_mask
+        x_oracle = x * input_mask[:, None, :]
+        oracle["recurrent_mask"] = recurrent_mask
+    else:
+        x_oracle = x
+    assert not spec
+    last, outputs, states = kernel_call(variant, weights, x, form, **options)
+    want_outputs, want_last, want_states, _ = reference(
+        variant, layer, x_oracle, **oracle
+    )
+    np.testing.assert_allclose(as_numpy(last), want_last, rtol=RTOL, atol=ATOL)
+    if options["return_sequences"]:
+        np.testing.assert_allclose(
+            as_numpy(outputs), want_outputs, rtol=RTOL, atol=ATOL
+        )
+    else:
+        assert tuple(outputs.shape) == (3, 1, 5)
+    assert len(states) == n_states
+    for got, want in zip(states, want_states):
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+
+
+def gradients(fn, args):
+    """d fn(*args) / d args through the backend's autodiff."""
+    args = [ops.convert_to_tensor(a) for a in args]
+    if BACKEND == "jax":
+        import jax
+
+        return jax.grad(fn, argnums=tuple(range(len(args))))(*args)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        value = fn(*args)
+    return tape.gradient(value, args)
+
+
+def weighted_sum(outputs):
+    """A loss in which every output element has its own weight."""
+    size = int(np.prod(outputs.shape))
+    weights = ops.reshape(ops.linspace(-1.0, 1.0, size), outputs.shape)
+    return ops.sum(outputs * weights)
+
+
+def keras_loop(variant, layer, mask):
+    """fn(x, *weights) -> loss over Keras's own loop of the cell's `call`."""
+    rnn = keras.layers.RNN(layer.cell, return_sequences=True)
+    rnn.build((None, None, 4))
+    frozen = [v.value for v in rnn.non_trainable_variables]
+
+    def fn(x, *weights):
+        outputs = rnn.stateless_call(list(weights), frozen, x, mask=mask)[0]
+        return weighted_sum(outputs)
+
+    return fn
+
+
+def kernel_loop(variant, form, mask):
+    def fn(x, *weights):
+        _, outputs, _ = kernel_call(
+            variant, weights, x, form, mask=mask, return_sequences=True
+        )
+        return weighted_sum(outputs)
+
+    return fn
+
+
+def jit(fn):
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("variant,form", VARIANT_FORMS)
+def test_kernel_gradients_equal_keras_loop_over_call(variant, form, compiled):
+    """Values and gradients (inputs and every weight) of each form, eagerly
+    and compiled, equal Keras's loop over the cell's readable `call`."""
+    if BACKEND == "jax" and not compiled:
+        pytest.skip("JAX compiles its scan either way: the jit case covers it")
+    layer = make_layer(variant, 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 2)
+    mask = ops.convert_to_tensor(np.array(GAPS, bool))
+    args = [x, *weights]
+    ours = kernel_loop(variant, form, mask)
+    theirs = keras_loop(variant, layer, mask)
+
+    def value_and_gradients(fn):
+        return fn(*[ops.convert_to_tensor(a) for a in args]), gradients(fn, args)
+
+    if compiled:
+        got = jit(lambda *a: (ours(*a), gradients(ours, a)))(
+            *[ops.convert_to_tensor(a) for a in args]
+        )
+    else:
+        got = value_and_gradients(ours)
+    want = value_and_gradients(theirs)
+    np.testing.assert_allclose(
+        as_numpy(got[0]), as_numpy(want[0]), rtol=RTOL, atol=ATOL
+    )
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.jax_parity
+def test_form_is_checked():
+    layer = make_layer("gru", 2, 3)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    with pytest.raises(ValueError, match=r"`form` must be 'auto' or one of"):
+        kernel_call("gru", weights, random((1, 2, 3), 0), "compiled")
+
+
+# -- who runs the loop ------------------------------------------------------ #
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's jit_compile")
+def test_compiled_is_known_while_xla_traces():
+    import tensorflow as tf
+
+    seen = []
+
+    def probe(x):
+        seen.append(kernels.compiled())
+        return x + 1.0
+
+    x = tf.constant(1.0)
+    probe(x)
+    tf.function(probe)(x)
+    tf.function(probe, jit_compile=True)(x)
+    outer = tf.function(lambda x: tf.function(probe)(x), jit_compile=True)
+    outer(x)
+    assert seen == [False, False, True, True]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's jit_compile")
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_layers_take_the_compiled_form_under_xla(variant, monkeypatch):
+    """Bare tf.function(jit_compile=True) and model.compile(jit_compile=True):
+    the LSTM's compiled form (the GRU has none: its batch-1 small form), with
+    the oracle's values; the graph executor keeps the small form."""
+    import tensorflow as tf
+
+    forms = []
+    original = kernels._scan
+
+    def spy(step, init, inputs, mask, keep, form, training):
+        forms.append(form)
+        return original(step, init, inputs, mask, keep, form, training)
+
+    monkeypatch.setattr(kernels, "_scan", spy)
+    layer = make_layer(variant, 5, 4)
+    x = random((1, 6, 4), 3)
+    want = reference(variant, layer, x)[1]
+    expected = "compiled" if variant == "lstm" else "small"
+    got = tf.function(layer, jit_compile=True)(tf.constant(x))
+    assert forms == [expected]
+    np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms.clear()
+    model = keras.Sequential([keras.Input((None, 4)), layer])
+    model.compile(jit_compile=True)
+    np.testing.assert_allclose(model.predict_on_batch(x), want, rtol=RTOL, atol=ATOL)
+    assert forms == [expected]
+    forms.clear()
+    tf.function(layer)(tf.constant(x))
+    assert forms == ["small"]
+
+
+class _MinimalGatedCell(GatedCell):
+    """A gated cell of another shape (Zhou et al., 2016's minimal gated unit,
+    one gate): s_t = (1 - f_t) s_{t-1} + f_t tanh(W (f_t s_{t-1}) + U x_t + b)."""
+
+    state_names = ("s",)
+    gate_names = ("f", "s_tilde")
+    weight_blocks = ("f", "h")
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self.state_size = units
+
+    def call(self, inputs, states, training=False):
+        s_tm1 = states[0] if isinstance(states, (list, tuple)) else states
+        u = self.units
+        ux = ops.matmul(inputs, self.kernel) + self.bias
+        f_t = ops.sigmoid(ops.matmul(s_tm1, self.recurrent_kernel[:, :u]) + ux[:, :u])
+        s_tilde_t = ops.tanh(
+            ops.matmul(f_t * s_tm1, self.recurrent_kernel[:, u:]) + ux[:, u:]
+        )
+        s_t = (1 - f_t) * s_tm1 + f_t * s_tilde_t
+        return s_t, [s_t]
+
+
+class _NoResetGRUCell(keras_gates.GRUCell):
+    """A GRUCell whose own `call` drops the reset (output) gate: o_t = 1."""
+
+    def call(self, inputs, states, training=False):
+        s_tm1 = states[0] if isinstance(states, (list, tuple)) else states
+        u = self.units
+        ux = ops.matmul(inputs, self.kernel) + self.bias
+        z_t = ops.sigmoid(ops.matmul(s_tm1, self.recurrent_kernel[:, :u]) + ux[:, :u])
+        s_tilde_t = ops.tanh(
+            ops.matmul(s_tm1, self.recurrent_kernel[:, 2 * u :]) + ux[:, 2 * u :]
+        )
+        s_t = z_t * s_tm1 + (1 - z_t) * s_tilde_t
+        return s_t, [s_t]
+
+
+class _KeptCallLSTMCell(keras_gates.LSTMCell):
+    """A subclass that keeps LSTMCell's `call`: it keeps the kernel too."""
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("cell_class", [_MinimalGatedCell, _NoResetGRUCell])
+def test_gated_cell_subclass_with_its_own_call_runs_that_call(cell_class):
+    """Its layer equals Keras's loop over its `call`, not the GRU's (or any
+    other cell's) equations."""
+    keras.utils.set_random_seed(5)
+    cell = cell_class(4)
+    layer = GatedRNN(cell, return_sequences=True)
+    x = random((2, 5, 3), 4)
+    got = as_numpy(layer(x))
+    assert not cell.has_sequence_kernel and not layer.runs_sequence_kernel()
+    want = as_numpy(keras.layers.RNN(cell, return_sequences=True)(x))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    if cell_class is _NoResetGRUCell:
+        gru = reference("gru", layer, x)[0]
+        assert np.abs(got - gru).max() > 1e-3  # not the GRU's equations
+
+
+@pytest.mark.jax_parity
+def test_subclass_keeping_call_keeps_the_kernel():
+    cell = _KeptCallLSTMCell(3)
+    assert cell.has_sequence_kernel
+    assert GatedRNN(cell).runs_sequence_kernel()
+    assert cell.trace_names == ("o", "i", "f", "s_tilde", "s", "h")
+    assert keras_gates.GRUCell(2).trace_names == ("o", "i", "s_tilde", "s")
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_inference_draws_no_dropout_masks(variant):
+    """Inference (a call, predict, a trace) leaves the dropout seed state as
+    it is, so it cannot change later training; a training call advances it."""
+    layer = make_layer(variant, 4, 3, dropout=0.3, recurrent_dropout=0.2, seed=1)
+    state = layer.cell.seed_generator.state
+    before = as_numpy(state).copy()
+    x = random((2, 5, 3), 6)
+    layer(x)
+    layer(x, training=False)
+    model = keras.Sequential([keras.Input((None, 3)), layer])
+    model.predict(x, verbose=0)
+    keras_gates.trace_gates(layer, x)
+    np.testing.assert_array_equal(as_numpy(state), before)
+    layer(x, training=True)
+    assert not np.array_equal(as_numpy(state), before)
