@@ -43,12 +43,8 @@ from keras import ops
 
 from keras_gates import checks, keras_internals
 from keras_gates.base import GatedCell
-from keras_gates.lstm import LSTMCell
 
 __all__ = ["gate_names", "gate_sequences", "gradient_flow", "trace_gates"]
-
-# The state entries of a trace; everything else is a gate.
-STATE_NAMES = ("s", "h")
 
 
 def gate_names(layer: Any) -> tuple[str, ...]:
@@ -67,10 +63,7 @@ def gate_names(layer: Any) -> tuple[str, ...]:
     >>> keras_gates.introspection.gate_names(keras_gates.GRU(4))
     ('o', 'i', 's_tilde', 's')
     """
-    cell = _gated_cell(layer, "layer")
-    if isinstance(cell, LSTMCell):
-        return tuple(cell.gate_names) + ("s", "h")
-    return tuple(cell.gate_names) + ("s",)
+    return _gated_cell(layer, "layer").trace_names  # the cell's own declaration
 
 
 class _GateTracingCell(keras.layers.Layer):
@@ -112,9 +105,7 @@ class _GateTracingCell(keras.layers.Layer):
                 for new, old in zip(states_t, states_tm1, strict=True)
             ]
         # The carried state, after the mask: LSTM [h_t, s_t], GRU [s_t].
-        gates = {**gates, "s": states_t[-1]}
-        if "h" in self.names:
-            gates["h"] = states_t[0]
+        gates = {**gates, **dict(zip(self.traced_cell.state_names, states_t))}
         stacked = ops.concatenate([gates[name] for name in self.names], axis=-1)
         return stacked, states_t
 
@@ -271,7 +262,7 @@ def gate_sequences(
     # The gates of a masked step are computed but not used: say so.
     keep = mask[:, :, None]  # (batch, time, 1)
     for name in names:
-        if name not in STATE_NAMES:
+        if name not in cell.state_names:
             fill = ops.full_like(trace[name], masked_value)
             trace[name] = ops.where(keep, trace[name], fill)
     return trace

@@ -95,7 +95,9 @@ def _check_trace(trace: Any) -> Mapping[str, np.ndarray]:
 
 def _pick_gates(trace: Mapping[str, np.ndarray], gates: Sequence[str] | None):
     if gates is None:
-        return [name for name in ("o", "i", "f", "s_tilde", "s", "h") if name in trace]
+        # The trace's own order: trace_gates returns the entries as the cell
+        # declares them (GatedCell.trace_names).
+        return [name for name in trace if name in GATE_TITLES]
     if isinstance(gates, str):
         gates = [gates]
     missing = [name for name in gates if name not in trace]

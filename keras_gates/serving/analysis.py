@@ -26,7 +26,6 @@ from typing import Any
 
 import keras
 
-from keras_gates.introspection import gate_names
 
 
 def as_float32(x):
@@ -450,9 +449,6 @@ def _chain(model, kind, input_dtype, recurrent, vectorizer):
             )
     if step_reason is not None:
         step_reason += "; `step` streams one step at a time"
-    two_states = (
-        len(rnn.cell.state_size) == 2 if _is_list(rnn.cell.state_size) else False
-    )
     return (
         Chain(
             pre=pre,
@@ -460,17 +456,14 @@ def _chain(model, kind, input_dtype, recurrent, vectorizer):
             post=post,
             step_pre=step_pre,
             step_dtype=step_dtype,
-            state_names=("h", "s") if two_states else ("s",),
-            gate_names=gate_names(rnn),
+            # What the cell carries, as the cell declares it (GatedCell).
+            state_names=tuple(rnn.cell.state_names),
+            gate_names=rnn.cell.trace_names,
             step_reason=step_reason,
             per_step_pre=per_step_pre,
         ),
         None,
     )
-
-
-def _is_list(value) -> bool:
-    return isinstance(value, (list, tuple))
 
 
 def _is_sequential_path(model, layers) -> bool:
