@@ -27,7 +27,6 @@ from typing import Any
 import keras
 
 
-
 def as_float32(x):
     """A floating tensor as float32: signatures take and return float32, also
     for a model computing in float16/bfloat16 (mixed precision)."""
