@@ -410,11 +410,22 @@ def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
     if batch is not None:  # known when tracing: choose now
         return outputs_of("small" if batch <= small_batch_max else "large")
     # Dynamic batch (a serving signature): both forms in the graph, one runs.
-    return ops.cond(
-        ops.shape(x)[1] <= small_batch_max,
-        lambda: outputs_of("small"),
-        lambda: outputs_of("large"),
-    )
+    branches = [lambda: outputs_of("small"), lambda: outputs_of("large")]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Each form as one function call (tf.function's documented
+        # experimental_attributes; "_noinline" is on its allow-list): the
+        # executor then skips the untaken form in one node instead of
+        # propagating "dead" through its ~100 ops, which cost the batch-1
+        # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
+        branches = [
+            tf.function(
+                branch, autograph=False, experimental_attributes={"_noinline": True}
+            )
+            for branch in branches
+        ]
+    return ops.cond(ops.shape(x)[1] <= small_batch_max, *branches)
 
 
 def _read_outputs(final, sequence, mask, return_sequences, zero_output_for_mask):
