@@ -1,4 +1,4 @@
-"""Time keras_gates.LSTM/GRU against keras.layers.LSTM/GRU (and torch, if present).
+"""Time keras_gates.LSTM/GRU against the Keras built-ins under every compiler.
 
     python benchmarks/bench.py [--quick] [--json PATH]
 
