@@ -24,11 +24,12 @@ which runs at import and has a safe fallback (documented there).
 Touches dropped because a public API covers them: none in Keras 3.13-3.15. For
 each touch the public candidate and why it falls short are in its docstring.
 
-TensorFlow: the package touches no private TensorFlow Python API.
-`keras_gates.serving` loads the SavedModel with TensorFlow's public C API from
-the shared libraries the `tensorflow` wheel ships (`serving/capi.py`); that
-depends on the wheel's file layout, not on private Python names, and the
-serving tests, run on both stacks, check it.
+TensorFlow: one touch, `in_xla_compilation` (TensorFlow's exported internal
+namespace `tf.__internal__`), here like the Keras ones. `keras_gates.serving`
+loads the SavedModel with TensorFlow's public C API from the shared libraries
+the `tensorflow` wheel ships (`serving/capi.py`); that depends on the wheel's
+file layout, not on private Python names, and the serving tests, run on both
+stacks, check it.
 """
 
 from __future__ import annotations
@@ -272,3 +273,35 @@ def running_fit_arguments(model: keras.Model) -> dict[str, Any] | None:
         return None
     finally:
         del frame
+
+
+def in_xla_compilation() -> bool | None:
+    """Whether TensorFlow is tracing inside an XLA-compiled function now.
+
+    What: ``tf.__internal__.get_enclosing_xla_context()``, TensorFlow's exported
+    internal API (not in its public docs): the XLAControlFlowContext that
+    ``tf.function(jit_compile=True)`` enters while it traces (also under
+    ``model.compile(jit_compile=True)`` and an XLA-compiled serving export).
+
+    Why: the sequence kernels pick the loop form that XLA compiles best (the
+    plain per-step products) and keep the graph-executor forms elsewhere
+    (measured: the graph forms are 1.1-1.65x slower under XLA). No public API
+    says whether the current trace will be XLA-compiled; TensorFlow's own
+    losses ask the same question this way.
+
+    Since: TensorFlow 2.x (present in 2.20 and 2.21).
+
+    Without it: None (the function is gone): the kernels take a graph form,
+    correct but slower under XLA; tests/test_keras_internals.py fails, naming
+    this touch.
+
+    Returns:
+        True inside an XLA-compiled trace, False outside, None if TensorFlow no
+        longer offers the question.
+    """
+    import tensorflow as tf
+
+    find = getattr(getattr(tf, "__internal__", None), "get_enclosing_xla_context", None)
+    if find is None:
+        return None
+    return find() is not None

@@ -118,8 +118,8 @@ def compiled() -> bool:
     jit_compile=True)`` (also what ``model.compile(jit_compile=True)`` and an
     XLA-compiled serving export trace under): while such a function traces,
     TensorFlow keeps an XLA control-flow context on the graph, which
-    ``tf.__internal__.get_enclosing_xla_context()`` (TensorFlow's exported
-    internal API, the one its own losses use to ask the same question) finds.
+    ``keras_internals.in_xla_compilation`` finds (TensorFlow's exported
+    internal API, the one its own losses use to ask the same question).
     If a TensorFlow release drops that function the answer is False: the
     loop takes a graph form, correct and only slower under XLA
     (``tests/test_kernels.py`` checks the answer on both sides).
@@ -129,10 +129,9 @@ def compiled() -> bool:
         return True
     if backend != "tensorflow":
         return False
-    import tensorflow as tf
+    from keras_gates import keras_internals
 
-    find = getattr(getattr(tf, "__internal__", None), "get_enclosing_xla_context", None)
-    return find is not None and find() is not None
+    return bool(keras_internals.in_xla_compilation())
 
 
 def lstm_sequence(

@@ -294,6 +294,7 @@ def test_every_touch_has_a_test():
         "backup_progress_path",
         "read_backup_progress",
         "running_fit_arguments",
+        "in_xla_compilation",
     }
     assert touches == covered
 
@@ -307,3 +308,26 @@ def test_ci_runs_the_touches_on_the_oldest_declared_stack():
         lowest = re.search(rf"^\s*{package}>=(\d+\.\d+),", setup, re.MULTILINE)[1]
         assert f'"{package}=={lowest}.*"' in ci, (package, lowest)
     assert "tests/test_keras_internals.py" in ci
+
+
+def test_in_xla_compilation_tells_a_jit_trace_from_a_plain_one():
+    """The touch's assumption: TensorFlow offers the question, and answers True
+    only while a jit_compile=True function traces."""
+    import tensorflow as tf
+
+    seen = {}
+
+    def probe(name):
+        def fn(x):
+            seen[name] = internals.in_xla_compilation()
+            return x + 1.0
+
+        return fn
+
+    tf.function(probe("plain"))(tf.constant(1.0))
+    tf.function(probe("xla"), jit_compile=True)(tf.constant(1.0))
+    assert seen == {"plain": False, "xla": True}, (
+        f"TensorFlow {tf.__version__} no longer does what keras_gates' private "
+        f"touch in_xla_compilation assumes: {seen}"
+    )
+    assert internals.in_xla_compilation() is False  # eager
