@@ -25,6 +25,7 @@ Colab only. Nothing downloads in offline mode. Sources and licenses:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pathlib
@@ -74,9 +75,13 @@ def _snippet_rows(stem: str = "movie_review_snippets") -> list[tuple[float, str]
     return [(float(rating), text) for rating, text in rows]
 
 
+@functools.cache
 def _snippet_builder():
     """A tensorflow-datasets builder over the shipped snippets, so the offline
-    path goes through `tfds.load` exactly like `imdb_reviews` does."""
+    path goes through `tfds.load` exactly like `imdb_reviews` does.
+
+    Defined once per process: tfds registers a builder class by name when it is
+    defined, and refuses a second class of the same name."""
     import tensorflow_datasets as tfds
 
     class MovieReviewSnippets(tfds.core.GeneratorBasedBuilder):
