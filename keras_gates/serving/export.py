@@ -120,17 +120,12 @@ def build_signatures(
                 raise ValueError(
                     "`model`: its serving_default signature cannot be traced"
                     + (" with jit_compile=True" if jit_compile else "")
-                    + f": {type(error).__name__}: {_first_line(error)}"
+                    + f": {type(error).__name__}: {proofs.first_line(error)}"
                 ) from error
             omitted[name] = (
-                f"tracing it failed: {type(error).__name__}: {_first_line(error)}"
+                f"tracing it failed: {type(error).__name__}: {proofs.first_line(error)}"
             )
     return built, omitted
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def write_archive(model, built: dict, export_dir: Path, verbose: bool) -> None:

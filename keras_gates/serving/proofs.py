@@ -47,6 +47,12 @@ def tolerance(model) -> tuple[float, float]:
     return ATOL, RTOL
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, at most 300 characters: for one-line reasons."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 class Mismatch(Exception):
     """A proof's comparison failed; the message says where and by how much."""
 
@@ -211,10 +217,9 @@ def prove(
         except Mismatch as error:
             results[name] = (False, f"it disagrees with the model: {error}")
         except Exception as error:  # noqa: BLE001 (any failure omits the signature)
-            message = str(error).strip().splitlines()[0][:300] if str(error) else ""
             results[name] = (
                 False,
-                f"running it failed: {type(error).__name__}: {message}",
+                f"running it failed: {type(error).__name__}: {first_line(error)}",
             )
 
     default = signatures["serving_default"]

@@ -47,7 +47,7 @@ class Signature:
         }
 
 
-def _traced(name, inputs, specs, body, jit_compile) -> Signature:
+def _traced(name, inputs, specs, body, jit_compile, outputs) -> Signature:
     """A tf.function of `body` whose parameters are named `inputs`, traced."""
     import tensorflow as tf
 
@@ -69,7 +69,7 @@ def _traced(name, inputs, specs, body, jit_compile) -> Signature:
         autograph=False,
     )
     function.get_concrete_function()  # traced now: errors surface here
-    return Signature(name, function, tuple(inputs), None)
+    return Signature(name, function, tuple(inputs), outputs)
 
 
 def sequence_spec(description: Description):
@@ -128,14 +128,14 @@ def serving_default(description: Description, jit_compile: bool = False):
             x = _text_input(description, x)
         return {"outputs": as_float32(model(x, training=False))}
 
-    signature = _traced(
+    return _traced(
         "serving_default",
         [description.input_name],
         [sequence_spec(description)],
         body,
         jit_compile,
+        ("outputs",),
     )
-    return Signature(signature.name, signature.function, signature.inputs, ("outputs",))
 
 
 def with_lengths(description: Description, jit_compile: bool = False):
@@ -161,14 +161,14 @@ def with_lengths(description: Description, jit_compile: bool = False):
             y = model(tf.where(real, tokens, padding), training=False)
         return {"outputs": as_float32(y)}
 
-    signature = _traced(
+    return _traced(
         "with_lengths",
         ["tokens", "lengths"],
         [sequence_spec(description), tf.TensorSpec((None,), tf.int32)],
         body,
         jit_compile,
+        ("outputs",),
     )
-    return Signature(signature.name, signature.function, signature.inputs, ("outputs",))
 
 
 def step_function(description: Description) -> Callable:
@@ -229,15 +229,13 @@ def step(description: Description, jit_compile: bool = False):
         y, new_states = run(x_t, list(states))
         return {"outputs": y, **dict(zip(names, new_states))}
 
-    signature = _traced(
+    return _traced(
         "step",
         [input_name, *names],
         [input_spec] + [state_spec] * len(names),
         body,
         jit_compile,
-    )
-    return Signature(
-        signature.name, signature.function, signature.inputs, ("outputs", *names)
+        ("outputs", *names),
     )
 
 
@@ -261,17 +259,12 @@ def gates(description: Description, jit_compile: bool = False):
         result["mask"] = tf.cast(mask, tf.float32)
         return result
 
-    signature = _traced(
+    return _traced(
         "gates",
         [description.input_name],
         [sequence_spec(description)],
         body,
         jit_compile,
-    )
-    return Signature(
-        signature.name,
-        signature.function,
-        signature.inputs,
         (*chain.gate_names, "mask"),
     )
 

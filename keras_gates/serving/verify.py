@@ -355,7 +355,7 @@ def _compare_with_keras(report: Report, model: Any, served) -> None:
     """`model` (a keras.Model: verify_saved_model loads paths first) vs served."""
     import keras
 
-    from keras_gates.serving.proofs import tolerance
+    from keras_gates.serving.proofs import first_line, tolerance
 
     atol, rtol = tolerance(model)
     worst = 0.0
@@ -373,12 +373,12 @@ def _compare_with_keras(report: Report, model: Any, served) -> None:
         try:
             want = keras.ops.convert_to_numpy(model(x, training=False))
         except Exception as error:  # the report says why, not a bare traceback
-            first = str(error).strip().splitlines()[0][:300] if str(error) else ""
             report.add(
                 "outputs equal the Keras model's",
                 False,
                 f"the Keras model refuses the served input of shape {x.shape} "
-                f"(does --model match this export?): {type(error).__name__}: {first}",
+                f"(does --model match this export?): {type(error).__name__}: "
+                f"{first_line(error)}",
             )
             return
         got = served[f"out:{run}:outputs"]
