@@ -294,9 +294,12 @@ class LSTM(GatedRNN):
             elsewhere, e.g. on a CPU; True: cuDNN, or a ValueError naming what
             prevents it; False: never. Where cuDNN can run, the layer tells
             Keras it does not support XLA (as the built-in does), so
-            ``jit_compile="auto"`` leaves XLA off; with ``use_cudnn=False``
-            XLA compiles the package's kernel. Traces and serving exports
-            always run the package's kernels (exports load on any device).
+            ``jit_compile="auto"`` leaves XLA off and Keras turns an explicit
+            ``model.compile(jit_compile=True)`` off with a warning; with
+            ``use_cudnn=False`` XLA compiles the package's kernel. A bare
+            ``tf.function(jit_compile=True)`` always runs the package's
+            compiled kernel. Traces and serving exports always run the
+            package's kernels (exports load on any device).
 
     Call arguments:
         inputs: (batch, time, features), floating point.
