@@ -75,9 +75,7 @@ DARK = 150  # backgrounds darker than this (0.299 R + 0.587 G + 0.114 B) get whi
 
 def _mix(towards: tuple[int, int, int], weight: float) -> tuple[int, int, int]:
     weight = min(max(weight, 0.0), 1.0)
-    return tuple(
-        math.floor(w + (t - w) * weight + 0.5) for w, t in zip(WHITE, towards)
-    )
+    return tuple(math.floor(w + (t - w) * weight + 0.5) for w, t in zip(WHITE, towards))
 
 
 def token_colour(quantity: str, value: float, largest: float = 1.0) -> tuple:
@@ -160,7 +158,9 @@ def _traced_layer(layer_or_model: Any, layer: Any) -> Any:
         if isinstance(sub, keras.layers.Bidirectional):
             candidates += [sub.forward_layer, sub.backward_layer]
     if layer is None:
-        gated = [c for c in candidates if isinstance(getattr(c, "cell", None), GatedCell)]
+        gated = [
+            c for c in candidates if isinstance(getattr(c, "cell", None), GatedCell)
+        ]
         return gated[0] if len(gated) == 1 else None
     if isinstance(layer, str):
         return next((c for c in candidates if c.name == layer), None)
@@ -418,9 +418,7 @@ class GateView:
             meta = {
                 "tokens": self.tokens[b],
                 "read": self.read[b].tolist(),
-                "prediction": None
-                if self.predictions is None
-                else self.predictions[b],
+                "prediction": None if self.predictions is None else self.predictions[b],
                 "prediction_line": None
                 if self._prediction_lines is None
                 else self._prediction_lines[b],
@@ -493,7 +491,9 @@ class GateView:
         shown = [
             self._shown(b, self.quantity, self.unit) for b in range(len(self.tokens))
         ]
-        read_values = [v for b, values in enumerate(shown) for v in values[self.read[b]]]
+        read_values = [
+            v for b, values in enumerate(shown) for v in values[self.read[b]]
+        ]
         largest = max(read_values, default=0.0)
         quantity_options = "".join(
             f'<option value="{q}"{" selected" if q == self.quantity else ""}>'
@@ -607,7 +607,9 @@ _JS = r"""function (root) {
   }
   function colour(q, v, largest) {
     if (q === "delta_s") return mix(colours.delta_s, largest > 0 ? v / largest : 0);
-    if (q === "s" || q === "h") return v >= 0 ? mix(colours.plus, v) : mix(colours.gate, -v);
+    if (q === "s" || q === "h") {
+      return v >= 0 ? mix(colours.plus, v) : mix(colours.gate, -v);
+    }
     return mix(colours.gate, v);
   }
   function steps(sentence, q) {
@@ -682,7 +684,8 @@ _JS = r"""function (root) {
   quantity.addEventListener("change", render);
   unit.addEventListener("change", render);
   root.addEventListener("mouseover", function (event) {
-    if (event.target.classList.contains("kg-token")) info.textContent = event.target.title;
+    var target = event.target;
+    if (target.classList.contains("kg-token")) info.textContent = target.title;
   });
   render();
   var wanted = {};

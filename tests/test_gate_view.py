@@ -148,7 +148,7 @@ def id_model(variant: str, units: int = 5, classes: int = 3, **kwargs):
     return model
 
 
-def text_model(variant: str, units: int = 6):
+def text_model(variant: str, units: int = 6, **kwargs):
     vectorize = keras.layers.TextVectorization(output_sequence_length=24)
     vectorize.adapt(SENTENCES)
     layer_class, _, extra = VARIANTS[variant]
@@ -157,7 +157,7 @@ def text_model(variant: str, units: int = 6):
             keras.Input((1,), dtype="string"),
             vectorize,
             keras.layers.Embedding(vectorize.vocabulary_size(), 6, mask_zero=True),
-            layer_class(units, name="rnn", **extra),
+            layer_class(units, name="rnn", **extra, **kwargs),
             keras.layers.Dense(1, activation="sigmoid", name="head"),
         ]
     )
@@ -358,16 +358,17 @@ def test_save_writes_a_standalone_page(tmp_path):
 
 def test_bad_input_names_the_argument():
     model = id_model("gru")
-    with pytest.raises(ValueError, match=r"`tokens` must hold one token per step.*3 "
-                       r"sentences of 6 steps; received 3 sentences of \[5\]"):  # fmt: skip
+    wrong_length = r"`tokens` must hold one token per step.*3 sentences of 6 steps; "
+    with pytest.raises(ValueError, match=wrong_length + r"received 3 .* of \[5\]"):
         keras_gates.GateView(model, IDS, tokens=[["a"] * 5] * 3)
     with pytest.raises(ValueError, match="`tokens`.*received 1 sentences"):
         keras_gates.GateView(model, IDS, tokens=[["a"] * 6])
     with pytest.raises(TypeError, match="`tokens` must be one list of strings"):
         keras_gates.GateView(model, IDS, tokens="a b c")
     with pytest.raises(
-        ValueError, match=r"`quantity` must be one of \('i', 'f', 'o', 'delta_s', "
-        r"'s'\); received 'h'"
+        ValueError,
+        match=r"`quantity` must be one of \('i', 'f', 'o', 'delta_s', "
+        r"'s'\); received 'h'",
     ):
         keras_gates.GateView(model, IDS, quantity="h")  # a GRU has no h
     with pytest.raises(ValueError, match=r"`unit` must be None.*\[0, 5\); received 5"):
@@ -381,10 +382,13 @@ def test_bad_input_names_the_argument():
     builtin = keras.Sequential(
         [keras.Input((None, 2)), keras.layers.LSTM(3, name="plain")]
     )
+    x = np.zeros((1, 3, 2), "float32")
     with pytest.raises(TypeError, match="`layer` must be a keras_gates.*'plain'"):
-        keras_gates.GateView(builtin, np.zeros((1, 3, 2), "float32"))
+        keras_gates.GateView(builtin, x, layer="plain")
+    with pytest.raises(ValueError, match="`layer` must name.*0 keras_gates layers"):
+        keras_gates.GateView(builtin, x)
     with pytest.raises(TypeError, match="`layer_or_model` must be a keras_gates"):
-        keras_gates.GateView(keras.layers.Dense(2), np.zeros((1, 3, 2), "float32"))
+        keras_gates.GateView(keras.layers.Dense(2), x)
 
 
 def chromium(tmp_path, url, *flags):
@@ -399,11 +403,15 @@ def chromium(tmp_path, url, *flags):
 
 
 @needs_chromium
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_a_browser_switches_quantity_and_unit_through_the_controls(kind, tmp_path):
+@pytest.mark.parametrize(
+    "kind, backwards", [("lstm", False), ("lstm_no_forget", False), ("gru", True)]
+)
+def test_a_browser_switches_quantity_and_unit_through_the_controls(
+    kind, backwards, tmp_path
+):
     from PIL import Image  # matplotlib's dependency
 
-    model = text_model(kind)
+    model = text_model(kind, go_backwards=backwards)
     texts = np.array(SENTENCES, dtype=object)[:, None]
     want = keras_gates.trace_gates(model, texts, layer="rnn")
     read = ~np.isnan(want["i"]).all(-1)
@@ -429,7 +437,9 @@ def test_a_browser_switches_quantity_and_unit_through_the_controls(kind, tmp_pat
                                 "--dump-dom"))  # fmt: skip
         assert dumped.root["data-quantity"] == quantity
         assert dumped.root["data-unit"] == str(unit)
-        shown = assert_colours(dumped.tokens, want, quantity, unit, read)
+        shown = assert_colours(
+            dumped.tokens, want, quantity, unit, read, backwards=backwards
+        )
     # Hovering shows every entry at that step, for the chosen unit.
     token = next(t for t in dumped.tokens if "kg-masked" not in t["class"])
     b, t = token["sentence"], int(token["data-step"])
