@@ -28,7 +28,8 @@ into blue by -v, clipped to 1. Text is white on a background whose
 
 The page holds its numbers as JSON in ``<script type="application/json"
 class="kg-gate-data">`` (each float32 written in its shortest exact form; a
-masked step's gates are ``null``) and a small script that recolours the
+masked step is ``null``, its state being the one carried from the last step
+read) and a small script that recolours the
 tokens. No network: no external scripts, styles or fonts. The colours of the
 first quantity are also written into the HTML, so a page shown without
 scripts (an untrusted notebook, GitHub) is still coloured. A saved page reads
@@ -124,12 +125,12 @@ def _steps(
     return trace[name]
 
 
-def _json_rows(values: np.ndarray, read: np.ndarray, carried: bool) -> str:
+def _json_rows(values: np.ndarray, read: np.ndarray) -> str:
     """(time, units) float32 as JSON: each number in its shortest exact form;
-    a step not read is null, unless it holds a carried state (`carried`)."""
+    a step not read is null."""
     rows = []
     for t, row in enumerate(values):
-        if not carried and not read[t]:
+        if not read[t]:
             rows.append("null")
             continue
         numbers_ = ",".join("null" if math.isnan(v) else str(v) for v in row)
@@ -411,8 +412,7 @@ class GateView:
         sentences = []
         for b in range(len(self.tokens)):
             entries = ",".join(
-                f'"{name}":'
-                + _json_rows(value[b], self.read[b], carried=name in ("s", "h"))
+                f'"{name}":' + _json_rows(value[b], self.read[b])
                 for name, value in self.trace.items()
             )
             meta = {
@@ -426,7 +426,7 @@ class GateView:
             sentences.append(
                 _safe_json(meta)[:-1]
                 + ',"s_start":'
-                + _json_rows(self.s_start[b][None], np.ones(1, bool), False)[1:-1]
+                + _json_rows(self.s_start[b][None], np.ones(1, bool))[1:-1]
                 + ',"trace":{'
                 + entries
                 + "}}"
@@ -455,15 +455,7 @@ class GateView:
         head = f"'{token}' step {step}"
         which = "mean over units" if unit is None else f"unit {unit}"
         if not self.read[sentence, step]:
-            names = [n for n in self.trace if n in ("s", "h")]
-            return "\n".join(
-                [f"{head}: masked (not read; the state is kept)"]
-                + [
-                    f"{SYMBOLS[n]} = {self._shown(sentence, n, unit)[step]:.3f}"
-                    for n in names
-                ]
-                + [f"({which})"]
-            )
+            return f"{head}: masked (not read; the state is kept)"
         names = [*self.trace, *(["f"] if "f" not in self.trace else []), "delta_s"]
         lines = [
             f"{SYMBOLS[n]} = {self._shown(sentence, n, unit)[step]:.3f}" for n in names
@@ -620,13 +612,15 @@ _JS = r"""function (root) {
         return row.map(function (v) { return trace.h ? 1 : 1 - v; });
       });
     }
-    if (q === "delta_s") {
-      var s = trace.s, last = s.length - 1;
-      return s.map(function (row, t) {
-        var p = data.backwards ? t + 1 : t - 1;
-        var before = (p < 0 || p > last) ? sentence.s_start : s[p];
-        return row.map(function (v, u) { return Math.abs(v - before[u]); });
-      });
+    if (q === "delta_s") {  /* s_{t-1}: the last step read before, in reading order */
+      var s = trace.s, out = [], before = sentence.s_start, t;
+      for (var k = 0; k < s.length; k++) {
+        t = data.backwards ? s.length - 1 - k : k;
+        if (s[t] === null) { out[t] = null; continue; }
+        out[t] = s[t].map(function (v, u) { return Math.abs(v - before[u]); });
+        before = s[t];
+      }
+      return out;
     }
     return trace[q];
   }
@@ -637,19 +631,15 @@ _JS = r"""function (root) {
     for (var u = 0; u < row.length; u++) sum += row[u];
     return sum / row.length;
   }
-  function hover(sentence, t, which) {
+  var names = data.names.slice();
+  if (names.indexOf("f") < 0) names.push("f");
+  names.push("delta_s");
+  function hover(sentence, every, t, which) {
     var head = "'" + sentence.tokens[t] + "' step " + t;
+    if (!sentence.read[t]) return head + ": masked (not read; the state is kept)";
     var note = "(" + (which === "mean" ? "mean over units" : "unit " + which) + ")";
-    var names = data.names.slice();
-    if (!sentence.read[t]) {
-      names = names.filter(function (n) { return n === "s" || n === "h"; });
-      head += ": masked (not read; the state is kept)";
-    } else {
-      if (names.indexOf("f") < 0) names.push("f");
-      names.push("delta_s");
-    }
     var lines = names.map(function (n) {
-      return data.symbols[n] + " = " + pick(steps(sentence, n)[t], which).toFixed(3);
+      return data.symbols[n] + " = " + pick(every[n][t], which).toFixed(3);
     });
     return [head].concat(lines, [note]).join("\n");
   }
@@ -669,9 +659,11 @@ _JS = r"""function (root) {
       : (q === "s" || q === "h") ? "blue -1, white 0, red +1" : "white 0 to blue 1";
     root.querySelectorAll(".kg-sentence").forEach(function (line) {
       var b = Number(line.dataset.sentence), sentence = data.sentences[b];
+      var every = {};
+      names.forEach(function (n) { every[n] = steps(sentence, n); });
       line.querySelectorAll(".kg-token").forEach(function (span) {
         var t = Number(span.dataset.step), v = shown[b][t];
-        span.title = hover(sentence, t, which);
+        span.title = hover(sentence, every, t, which);
         if (v === null) return;
         var rgb = colour(q, v, largest);
         var light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
