@@ -334,6 +334,7 @@ class GateView:
     >>> view.read.tolist()
     [[True, True, True, True, False]]
     >>> view.save("gates.html")  # a page that opens offline
+    PosixPath('gates.html')
     """
 
     def __init__(

@@ -456,7 +456,7 @@ def test_a_browser_switches_quantity_and_unit_through_the_controls(
     # Two tokens whose o_t differ are painted in different colours on screen.
     screenshot = tmp_path / "view.png"
     chromium(tmp_path, f"{url}#quantity=o&unit={unit}", f"--screenshot={screenshot}",
-             "--window-size=1000,460", "--hide-scrollbars")  # fmt: skip
+             "--window-size=1000,360", "--hide-scrollbars")  # fmt: skip
     pixels = Image.open(screenshot).convert("RGB")
     colours = {colour for _, colour in pixels.getcolors(maxcolors=1 << 20)}
     assert len(colours) > 50, "the screenshot is blank"
