@@ -153,18 +153,20 @@ def _traced_layer(layer_or_model: Any, layer: Any) -> Any:
         return layer_or_model
     if isinstance(layer, keras.layers.Layer):
         return layer
-    candidates = []
+    candidates, tags = [], {}
     for sub in layer_or_model.layers:
         candidates.append(sub)
         if isinstance(sub, keras.layers.Bidirectional):
-            candidates += [sub.forward_layer, sub.backward_layer]
+            for inner in (sub.forward_layer, sub.backward_layer):
+                candidates.append(inner)
+                tags[f"{sub.name}/{inner.name}"] = inner  # GateMonitor's tag
     if layer is None:
         gated = [
             c for c in candidates if isinstance(getattr(c, "cell", None), GatedCell)
         ]
         return gated[0] if len(gated) == 1 else None
     if isinstance(layer, str):
-        return next((c for c in candidates if c.name == layer), None)
+        return tags.get(layer) or next((c for c in candidates if c.name == layer), None)
     if isinstance(layer, numbers.Integral):
         return layer_or_model.layers[int(layer)]
     return None
@@ -310,7 +312,9 @@ class GateView:
         layer: With a model: the traced layer, passed to ``trace_gates``.
         mask: Optional (sentences, time) booleans, passed to ``trace_gates``.
         initial_state: Optional initial state, passed to ``trace_gates``; its
-            s is the s_{-1} of the first step's |s_t - s_{t-1}| (else zeros).
+            s is the s_{-1} of the first step's |s_t - s_{t-1}| (else a
+            stateful layer's state, or zeros: a model that feeds the layer a
+            state should pass that state here).
         labels: Optional class names of the model's head, for the
             prediction line (two for a single sigmoid output).
         quantity: The quantity shown first, one of ``QUANTITIES``.
@@ -384,13 +388,13 @@ class GateView:
         self.read = ~np.isnan(self.trace["i"]).all(axis=-1)  # trace_gates' NaN
         target = _traced_layer(layer_or_model, layer)
         self.backwards = bool(getattr(target, "go_backwards", False))
-        self.s_start = np.zeros((batch, units), "float32")
-        if initial_state is not None:
-            states = (
-                initial_state
-                if isinstance(initial_state, (list, tuple))
-                else [initial_state]
-            )
+        states = initial_state
+        if states is None and getattr(target, "stateful", False):
+            states = getattr(target, "states", None)  # where a stateful layer starts
+        if states is None:
+            self.s_start = np.zeros((batch, units), "float32")
+        else:
+            states = states if isinstance(states, (list, tuple)) else [states]
             self.s_start = np.asarray(
                 keras.ops.convert_to_numpy(states[-1]), "float32"
             )  # the carried s: the last of [h, s] or [s]
@@ -684,7 +688,11 @@ _JS = r"""function (root) {
   var wanted = {};
   location.hash.replace(/^#/, "").split("&").forEach(function (pair) {
     var kv = pair.split("=");
-    if (kv.length === 2) wanted[decodeURIComponent(kv[0])] = decodeURIComponent(kv[1]);
+    try {
+      if (kv.length === 2) {
+        wanted[decodeURIComponent(kv[0])] = decodeURIComponent(kv[1]);
+      }
+    } catch (error) { /* not this view's address: ignored */ }
   });
   [[quantity, wanted.quantity], [unit, wanted.unit]].forEach(function (item) {
     var select = item[0], value = item[1];

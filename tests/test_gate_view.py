@@ -316,6 +316,22 @@ def test_vocabulary_names_the_ids_and_initial_state_starts_delta_s():
     assert view.tokens[0][:2] == ["w3", "w7"]
 
 
+def test_a_stateful_layer_starts_delta_s_from_its_state():
+    layer = keras_gates.GRU(4, stateful=True)
+    x = np.random.default_rng(7).normal(size=(2, 3, 3)).astype("float32")
+    layer(x)  # now its state is the end of x
+    state = keras.ops.convert_to_numpy(layer.states[0])
+    assert np.abs(state).max() > 0.05
+    want = keras_gates.trace_gates(layer, x)
+    view = keras_gates.GateView(layer, x, quantity="delta_s", unit=0)
+    data = assert_embedded_trace_is(view.html(), want)
+    np.testing.assert_array_equal(
+        np.float32([s["s_start"] for s in data["sentences"]]), state
+    )
+    read = np.ones((2, 3), bool)
+    assert_colours(parse(view.html()).tokens, want, "delta_s", 0, read, state)
+
+
 def test_a_sub_layer_of_a_bidirectional_traced_with_its_mask():
     # trace_gates traces one direction at a time: here the backward layer, on
     # what the model feeds it (the embedding) and the model's mask.
