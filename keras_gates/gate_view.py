@@ -29,11 +29,11 @@ into blue by -v, clipped to 1. Text is white on a background whose
 The page holds its numbers as JSON in ``<script type="application/json"
 class="kg-gate-data">`` (each float32 written in its shortest exact form; a
 masked step is ``null``, its state being the one carried from the last step
-read) and a small script that recolours the
-tokens. No network: no external scripts, styles or fonts. The colours of the
-first quantity are also written into the HTML, so a page shown without
-scripts (an untrusted notebook, GitHub) is still coloured. A saved page reads
-``#quantity=f&unit=3`` from its address and sets its own controls to it.
+read) and a small script that recolours the tokens. No network: no external
+scripts, styles or fonts. The colours of the first quantity are also written
+into the HTML, so a page shown without scripts (an untrusted notebook,
+GitHub) is still coloured. A saved page reads ``#quantity=f&unit=3`` from its
+address and sets its own controls to it (through their change events).
 
 References: Karpathy, Johnson & Fei-Fei (2015), Visualizing and Understanding
 Recurrent Networks; Strobelt et al. (2017), LSTMVis.
@@ -329,6 +329,9 @@ class GateView:
         movement: (units,) the sum of |s_t - s_{t-1}| over the steps read.
         ranking: The units ordered by ``movement``, largest first.
         predictions: The model's (sentences, classes) output, or None.
+        s_start: (sentences, units) the s_{-1} before the first step read.
+        backwards: Whether the traced layer reads the time axis backwards.
+        kind: ``"LSTM"`` or ``"GRU"``; title: the heading.
 
     Example:
 
