@@ -157,9 +157,11 @@ def _traced_layer(layer_or_model: Any, layer: Any) -> Any:
     for sub in layer_or_model.layers:
         candidates.append(sub)
         if isinstance(sub, keras.layers.Bidirectional):
-            for inner in (sub.forward_layer, sub.backward_layer):
+            for direction in ("forward", "backward"):
+                inner = getattr(sub, f"{direction}_layer")
                 candidates.append(inner)
                 tags[f"{sub.name}/{inner.name}"] = inner  # GateMonitor's tag
+                tags[f"{sub.name}/{direction}"] = inner
     if layer is None:
         gated = [
             c for c in candidates if isinstance(getattr(c, "cell", None), GatedCell)
