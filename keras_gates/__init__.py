@@ -13,6 +13,8 @@ Public names (SPEC §2):
                                                 with confidence intervals
     keras_gates.export_for_serving              a verified TF Serving version folder
     keras_gates.plots                           matplotlib pictures of the above
+    keras_gates.GateView                        text coloured by its gates, in HTML
+                                                (a notebook shows it inline)
     keras_gates.ExactBackupAndRestore           exact resume, mid-epoch included
     keras_gates.GateMonitor                     the gates in TensorBoard while training
 
@@ -28,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_gates.callbacks import ExactBackupAndRestore
 from keras_gates.convert import from_keras, to_keras
+from keras_gates.gate_view import GateView
 from keras_gates.gru import GRU, GRUCell
 from keras_gates.introspection import gate_sequences, gradient_flow, trace_gates
 from keras_gates.lstm import LSTM, LSTMCell
@@ -43,6 +46,7 @@ __all__ = [
     "GRUCell",
     "GateMonitor",
     "GateStatistics",
+    "GateView",
     "LSTM",
     "LSTMCell",
     "export_for_serving",
