@@ -414,9 +414,7 @@ def _recurrent_terms(state, r_mask, w, block_groups, u):
         s_in = _dropped(state, r_mask, 0)
         return [ops.matmul(s_in, w[:, _columns(g, u)]) for g in block_groups]
     return [
-        _joined(
-            [ops.matmul(state * r_mask[j], w[:, _columns([j], u)]) for j in group]
-        )
+        _joined([ops.matmul(state * r_mask[j], w[:, _columns([j], u)]) for j in group])
         for group in block_groups
     ]
 
