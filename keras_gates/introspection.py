@@ -479,10 +479,10 @@ def find_gated_layers(
         if target not in unique:
             unique.append(target)
     if not unique:
-        known = {sub.name for sub in model.layers}
+        kinds = {sub.name: type(sub).__name__ for sub in model.layers}
         found = (
-            " (a layer of the model, but not a keras_gates LSTM/GRU)"
-            if isinstance(selector, str) and selector in known
+            f", a {kinds[selector]}, not a keras_gates LSTM/GRU"
+            if isinstance(selector, str) and selector in kinds
             else ""
         )
         raise ValueError(
