@@ -313,7 +313,9 @@ def gate_statistics(
             one (as for ``trace_gates``).
         inputs: What the layer or model takes, (sentences, ...) on axis 0: floats
             (sentences, time, features) for a layer; for a model e.g. token ids
-            or (sentences, 1) strings. Sliced along axis 0 into batches.
+            or (sentences, 1) strings; for a model of several inputs a list of
+            one array per input (e.g. an encoder's and a decoder's sequences).
+            Sliced along axis 0 into batches.
         token_classes: (sentences, time) integers on the traced layer's time
             axis: the class index (into `class_names`) of each step, -1 for a
             step not counted. Steps the layer does not read (masked) never count.
@@ -351,9 +353,21 @@ def gate_statistics(
     _check_arguments(
         token_classes, class_names, confidence, method, resamples, batch_size
     )
-    if isinstance(inputs, (list, tuple)):
-        inputs = np.asarray(inputs)
-    sentences = int(inputs.shape[0])
+    several = len(getattr(layer_or_model, "inputs", None) or ()) > 1
+    if several and isinstance(inputs, (list, tuple)):
+        inputs = [np.asarray(part) for part in inputs]  # one per model input
+        sizes = {int(part.shape[0]) for part in inputs}
+        if len(sizes) != 1:
+            raise ValueError(
+                "`inputs` must hold one array per model input, each with one row "
+                "per sentence; received arrays of "
+                f"{[int(part.shape[0]) for part in inputs]} rows."
+            )
+        sentences = sizes.pop()
+    else:
+        if isinstance(inputs, (list, tuple)):
+            inputs = np.asarray(inputs)
+        sentences = int(inputs.shape[0])
     if token_classes.shape[0] != sentences:
         raise ValueError(
             f"`token_classes` must have one row per sentence of `inputs` "
@@ -388,7 +402,7 @@ def gate_statistics(
         )
         trace, target, starts = _trace(
             layer_or_model,
-            inputs[start:stop],
+            [part[start:stop] for part in inputs] if several else inputs[start:stop],
             mask=_batch(mask, start, stop),
             initial_state=state,
             **trace_layer,
