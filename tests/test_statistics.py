@@ -237,22 +237,24 @@ def seeded(kind, units=4, **arguments):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("batch_size", [256, 5])
-def test_stateful_layer_statistics_start_from_the_carried_state(kind, batch_size):
+@pytest.mark.parametrize("sentences,batch_size", [(4, 256), (12, 256), (12, 5)])
+def test_stateful_layer_statistics_start_from_the_carried_state(
+    kind, sentences, batch_size
+):
     """A stateful layer (fixed batch 4) after one call: sentence n's first
-    |s_t - s_{t-1}| is measured from row n mod 4 of the carried state, for 12
-    sentences (more than the batch; the default batch_size of 256 and one
+    |s_t - s_{t-1}| is measured from row n mod 4 of the carried state, for 4
+    sentences (its batch) and 12 (more: the default batch_size of 256 and one
     that is no multiple of 4), and the state is left as it was."""
     layer = seeded(kind, stateful=True, return_sequences=True)
     rng = np.random.default_rng(2)
     layer(rng.normal(size=(4, 5, 3)).astype("float32"))  # moves the state
     carried = [np.array(keras.ops.convert_to_numpy(s)) for s in layer.states]
     assert np.abs(carried[-1]).max() > 0.1
-    x, mask, classes = data(sentences=12)
+    x, mask, classes = data(sentences=sentences)
     stats = keras_gates.gate_statistics(
         layer, x, classes, NAMES, mask=mask, method="t", batch_size=batch_size
     )
-    rows = np.arange(12) % 4
+    rows = np.arange(sentences) % 4
     expected = oracle(
         kind,
         {},
