@@ -12,6 +12,12 @@ pictures, answered here with numbers:
   model: the state the model feeds the layer, e.g. an encoder's final
   [h, s]), and the RNN's mask rule (a masked step keeps the state): the same
   arithmetic as the layer's step, not a re-implementation that can drift.
+- Which layer? In a model, ``trace_gates``, ``gate_statistics`` and
+  ``GateMonitor`` find a layer one way (``find_gated_layers``): by name, by
+  its tag under sub-models (``"encoder/lstm"``), each direction of a
+  ``keras.layers.Bidirectional`` (``"bi/forward"``, ``"bi/backward"``), by
+  index or object, and feed it what the model feeds it (sequences, mask,
+  initial state).
 - Do gradients survive the distance? ``gradient_flow`` measures
   ||d loss_T / d x_k|| for every earlier step k: the vanishing-gradient
   picture (Bengio et al., 1994; Pascanu et al., 2013), measured on any
@@ -377,7 +383,7 @@ def gated_layers(model: keras.Model) -> list[GatedLayer]:
 
     >>> model = keras.Sequential([
     ...     keras.Input((None, 3)),
-    ...     keras.layers.Bidirectional(keras_gates.LSTM(4), name="bi"),
+    ...     keras.layers.Bidirectional(keras_gates.LSTM(4, name="lstm"), name="bi"),
     ... ])
     >>> [target.tag for target in gated_layers(model)]
     ['bi/forward_lstm', 'bi/backward_lstm']

@@ -398,9 +398,7 @@ def dropout_model(builtin, kind, dropout, recurrent_dropout, seed, unroll=False)
     "dropout,recurrent_dropout,unroll",
     [(0.3, 0.0, False), (0.0, 0.5, False), (0.3, 0.3, False), (0.3, 0.3, True)],
 )
-def test_dropout_training_equals_the_builtins(
-    kind, dropout, recurrent_dropout, unroll
-):
+def test_dropout_training_equals_the_builtins(kind, dropout, recurrent_dropout, unroll):
     """A model trained with a keras_gates layer equals the same model with the
     built-in (keras.layers.LSTM, GRU(reset_after=False)): same weights, seeds
     and data, 4 epochs of 2 batches. The masks are the built-in cell's draws:
