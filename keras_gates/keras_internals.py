@@ -130,6 +130,29 @@ def symbolic_call_arguments(layer: Any) -> tuple[list, dict] | None:
     return list(arguments.args), dict(arguments.kwargs)
 
 
+def keras_mask(tensor: Any) -> Any:
+    """The mask Keras attached to a (symbolic) tensor, or None.
+
+    What: ``tensor._keras_mask``, the attribute where a layer's
+    ``compute_mask`` result is kept on its output (what Keras's private
+    ``backend.get_keras_mask`` reads).
+
+    Why: ``serving.analysis`` tells a model whose layers form one path from
+    one with a branch. A layer called on a masked tensor (after ``Masking`` or
+    ``Embedding(mask_zero=True)``) receives that tensor's mask as its ``mask``
+    argument, and Keras lists it in ``layer.input`` beside the tensor; only
+    by comparing it with the previous output's own mask can the path check
+    tell it from a second input (a branch). Keras exports no public getter.
+
+    Since: Keras 3.0 (keras-core); the same attribute in 3.13.2 and 3.15.1.
+
+    Without it: returns None, and a functional ``Input -> Masking -> GRU``
+    model is judged not one path: its ``step`` and ``gates`` signatures are
+    left out with the reason naming the layer that receives the mask.
+    """
+    return getattr(tensor, "_keras_mask", None)
+
+
 def set_initial_epoch(model: keras.Model, epoch: int) -> None:
     """Make the running ``fit`` start at ``epoch`` (from ``on_train_begin``).
 

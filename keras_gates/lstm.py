@@ -63,10 +63,20 @@ class LSTMCell(GatedCell):
         kernel_constraint, recurrent_constraint, bias_constraint: As in
             ``keras.layers.LSTMCell``.
         dropout: Fraction in [0, 1) of the inputs x_t to drop, one mask per
-            sequence. Default 0.
+            sequence (one per gate block when ``recurrent_dropout > 0``).
+            Default 0.
         recurrent_dropout: Fraction in [0, 1) of h_{t-1} to drop in the gate
-            and candidate pre-activations, one mask per sequence. Default 0.
-        seed: Integer seed for the dropout masks.
+            and candidate pre-activations, one mask per gate block and
+            sequence. Default 0.
+        seed: Integer seed for the dropout masks. The masks are drawn as
+            ``keras.layers.LSTMCell`` draws them (the input's, then h_{t-1}'s;
+            with ``recurrent_dropout > 0`` one per block i, f, c, o each), so
+            with the same seed and weights training equals the built-in's.
+            Where it does not: an inference call between training steps
+            (e.g. ``fit``'s validation) moves the built-in's seed state and
+            not this cell's; ``implementation=1`` with ``recurrent_dropout=0``
+            (the built-in then draws per-block input masks, this cell one);
+            and ``forget_gate=False`` (no built-in: masks per block i, c, o).
         forget_gate: False for the lecture's variant without a forget gate:
             s_t = s_{t-1} + i_t * s~_t. Default True.
         weight_layout: The block order of the weights this cell loads next:

@@ -113,6 +113,19 @@ def test_inbound_nodes_keep_each_argument():
         assert kwargs["mask"] is mask, kwargs
 
 
+def test_keras_mask_is_the_mask_a_layer_receives():
+    """A masked symbolic tensor carries the mask the next layer is called with."""
+    x = keras.Input((None, 3))
+    masked = keras.layers.Masking()(x)
+    assert internals.keras_mask(x) is None
+    mask = internals.keras_mask(masked)
+    assert mask is not None and tuple(mask.shape) == (None, None)
+    layer = keras.layers.SimpleRNN(2)
+    layer(masked)
+    _, kwargs = internals.symbolic_call_arguments(layer)
+    assert kwargs["mask"] is mask, kwargs
+
+
 def test_initial_epoch_set_in_on_train_begin_moves_fit():
     """fit reads model._initial_epoch after on_train_begin, over its argument."""
     with touch(INITIAL_EPOCH):
@@ -331,6 +344,7 @@ def test_every_touch_has_a_test():
     covered = {
         "dropout_cell_marker",
         "symbolic_call_arguments",
+        "keras_mask",
         "set_initial_epoch",
         "count_batch_without_saving",
         "set_backup_epoch",
