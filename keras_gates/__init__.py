@@ -12,7 +12,7 @@ maths section):
     keras_gates.trace_gates, keras_gates.gate_sequences, keras_gates.gradient_flow
                                                 gates at every step; vanishing gradients
     keras_gates.gate_statistics                 gates per token class over a data set,
-                                                with confidence intervals
+    keras_gates.GateStatistics                  with confidence intervals (its result)
     keras_gates.export_for_serving              a verified TF Serving version folder
     keras_gates.plots                           matplotlib pictures of the above
     keras_gates.ExactBackupAndRestore           exact resume, mid-epoch included
@@ -90,8 +90,7 @@ def import_all() -> None:
 
 def __getattr__(name: str):
     """The console script's deferred imports: the first name used imports all
-    (a public name, or a submodule such as `keras_gates.plots` that the public
-    modules import)."""
+    (a public name, or a submodule that the public modules import)."""
     if name in _DEFINED_IN:
         value = _load(name)
         import_all()
