@@ -1,7 +1,7 @@
 """The drop-in promise: checkpoints move between the built-ins and keras_gates.
 
 keras_gates.LSTM / GRU store exactly keras.layers.LSTM's / GRU(reset_after=
-False)'s variables (SPEC §1), so swapping the layer in a model and calling
+False)'s variables (lstm.py, gru.py), so swapping the layer in a model and calling
 `load_weights` on what the other model wrote (a `.weights.h5`, a
 BackupAndRestore folder, a `.keras` file) must give the writer's outputs and
 train on identically. Oracle: the other model itself (an independent
