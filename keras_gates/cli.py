@@ -35,13 +35,19 @@ from pathlib import Path
 
 # What TensorFlow's C++ side writes to stderr while it is imported: absl's note
 # (TF 2.21 logs through absl, before absl is initialized, so
-# TF_CPP_MIN_LOG_LEVEL no longer filters these lines), info lines (oneDNN,
+# TF_CPP_MIN_LOG_LEVEL no longer filters these lines; TF 2.20 honours it, but
+# still prints its cuInit error on a machine without a GPU), info lines (oneDNN,
 # CUDA probing, CPU features), and the CUDA plugins' warnings and errors on a
 # machine without a GPU or with several registrations. Anything else is kept.
 BANNER = re.compile(
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    # absl's prefix (TF 2.21): I0000 00:00:1796290208.491952    6308 port.cc:153]
     r"|^I\d{4} [\d:.]+ +\d+ \S+:\d+\]"
     r"|^[WE]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"(cuda|cuDNN|cuFFT|cuBLAS|cuInit|TensorRT|GPU will not be used)"
+    # TensorFlow's own prefix (TF 2.20): 2026-12-03 10:21:39.698966: I tensorflow/...]
+    r"|^\d{4}-\d\d-\d\d [\d:.]+: I \S+:\d+\]"
+    r"|^\d{4}-\d\d-\d\d [\d:.]+: [WE] \S+:\d+\] .*"
     r"(cuda|cuDNN|cuFFT|cuBLAS|cuInit|TensorRT|GPU will not be used)"
     r"|^To enable the following instructions: .*rebuild TensorFlow"
     r"|^TF-TRT Warning: Could not find TensorRT"

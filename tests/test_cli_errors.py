@@ -162,8 +162,8 @@ def test_failed_demo_is_exit_1_on_stderr_without_banner_or_warnings(tmp_path):
 
 
 def test_banner_filter_keeps_what_is_not_banner():
-    """The lines TensorFlow 2.21 prints at import (copied from a run without
-    the filter) are dropped; a Python warning or an error is not."""
+    """The lines TensorFlow 2.21 and 2.20 print at import (copied from runs
+    without the filter) are dropped; a Python warning or an error is not."""
     banner = [
         "WARNING: All log messages before absl::InitializeLog() is called are "
         "written to STDERR",
@@ -175,10 +175,16 @@ def test_banner_filter_keeps_what_is_not_banner():
         "cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
         "To enable the following instructions: AVX2 FMA, in other operations, "
         "rebuild TensorFlow with the appropriate compiler flags.",
+        # TF 2.20's own prefix
+        "2026-12-03 10:21:39.698966: I external/local_xla/xla/tsl/cuda/"
+        "cudart_stub.cc:31] Could not find cuda drivers on your machine",
+        "2026-12-03 10:21:49.181043: E external/local_xla/xla/stream_executor/"
+        "cuda/cuda_platform.cc:51] failed call to cuInit: INTERNAL: CUDA error",
     ]
     kept = [
         "UserWarning: something the user should see",
         "E0000 00:00:1796290579.016268    8349 file_io.cc:52] cannot open /x",
+        "2026-12-03 10:21:49.181043: E tensorflow/core/file_io.cc:51] cannot open /x",
     ]
     assert [line for line in banner if cli.BANNER.search(line)] == banner
     assert [line for line in kept if cli.BANNER.search(line)] == []
