@@ -6,7 +6,7 @@ plumbing around them so each cell's ``call`` reads like its equations:
 - ``GatedCell``: resolves and validates the constructor arguments that
   ``keras.layers.LSTMCell`` / ``GRUCell`` take, creates ``kernel``,
   ``recurrent_kernel`` and ``bias`` exactly as the built-in cell does (same
-  names, shapes and gate-block order, SPEC §1), loads checkpoints with checks
+  names, shapes and gate-block order, lstm.py / gru.py), loads checkpoints with checks
   that say why one does not fit (and converts files written in this package's
   earlier "lecture" block order), and keeps one dropout mask per sequence
   (fixed across time steps, as in Keras).
@@ -178,7 +178,7 @@ class GatedCell(
       the GRU;
     - ``gate_names``: the gates a trace reports, in the lecture's names;
     - ``weight_blocks``: the built-in's gate blocks of ``kernel``, in order
-      (SPEC §1).
+      (lstm.py, gru.py).
 
     They implement ``call`` (one step, the readable equations) and
     ``lecture_to_keras`` (the earlier block order, converted), and may add a
@@ -555,7 +555,7 @@ class GatedRNN(keras.layers.RNN):
 
     def __init__(self, cell: GatedCell, activity_regularizer=None, **kwargs):
         # Keras's deprecated kernel-layout switch: accepted for drop-in use, and
-        # meaningless here (the built-ins' variables, SPEC §1).
+        # meaningless here (the built-ins' variables: lstm.py, gru.py).
         kwargs.pop("implementation", None)
         for name in self.layer_arguments:
             if name in kwargs:

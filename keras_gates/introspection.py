@@ -5,7 +5,7 @@ pictures, answered here with numbers:
 
 - What did each gate do at each step? ``trace_gates`` runs a keras_gates
   layer over a batch and returns, for every step t and unit, the LSTM's
-  o_t, i_t, f_t, s~_t, s_t, h_t or the GRU's o_t, i_t, s~_t, s_t (SPEC §1).
+  o_t, i_t, f_t, s~_t, s_t, h_t or the GRU's o_t, i_t, s~_t, s_t (lstm.py, gru.py).
   The numbers come from the layer's own cell (its ``call(...,
   return_gates=True)``) run by ``keras.layers.RNN``'s own loop, with the
   layer's weights, ``go_backwards``, ``unroll`` and initial state (in a
@@ -629,7 +629,7 @@ def trace_gates(
         A dict of float32 NumPy arrays, each (batch, time, units), indexed by
         the input's time axis: for the LSTM ``o``, ``i``, ``f`` (absent with
         ``forget_gate=False``), ``s_tilde``, ``s``, ``h``; for the GRU ``o``,
-        ``i``, ``s_tilde``, ``s`` (SPEC §1; the GRU's forget gate is 1 - i).
+        ``i``, ``s_tilde``, ``s`` (gru.py; the GRU's forget gate is 1 - i).
 
     Example:
 

@@ -1,7 +1,7 @@
 """The sequence loops of the LSTM and the GRU, as functions on tensors.
 
 ``lstm_sequence`` and ``gru_sequence`` run a whole sequence through the
-lecture's equations (SPEC §1) given the weights as tensors, the way Keras has
+lecture's equations (lstm.py, gru.py) given the weights as tensors, the way Keras has
 ``keras.backend.lstm`` and flax/haiku a scan over a cell: they know no layer
 or cell class. A cell's ``sequence`` method (``lstm.py``, ``gru.py``) calls
 its kernel with its weights, options and dropout masks; ``GatedRNN.inner_loop``
@@ -22,7 +22,7 @@ a ``tf.while_loop``), not what they compute, so the step has as few ops as
 possible:
 
     before the loop, all steps at once (one large matmul; the weights'
-    blocks in Keras's order, SPEC §1):
+    blocks in Keras's order, lstm.py):
         Ux_t + b = [U_i x_t + b_i | U_f x_t + b_f | U x_t + b | U_o x_t + b_o]
     inside the loop, per step (LSTM):
         a_t  = W h_{t-1} + (Ux_t + b)                 one matmul, one add
@@ -66,7 +66,7 @@ dynamic batch, as in a serving signature, both are traced and ``ops.cond``
 picks one at run time).
 
 The GRU's candidate needs o_t first, so it cannot share one product with its
-gates; its weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
+gates; its weights hold Keras's update gate z_t = 1 - i_t (gru.py):
 
     a_t^{zo} = W_{zo} s_{t-1} + (U_{zo} x_t + b_{zo})
     z_t, o_t = sigmoid(a_t^{zo}),  i_t = 1 - z_t
@@ -166,7 +166,7 @@ def lstm_sequence(
         h0, s0: Initial states h_0 and s_0, (batch, units) each.
         mask: Optional (batch, time) booleans; False steps keep the state.
         kernel: (features, n * units), blocks [U_i | U_f | U | U_o] (no U_f
-            with ``forget_gate=False``): Keras's order, SPEC §1.
+            with ``forget_gate=False``): Keras's order, lstm.py.
         recurrent_kernel: (units, n * units), the W blocks, same order.
         bias: (n * units,) or None.
         activation, recurrent_activation: The state and gate nonlinearities.
@@ -297,7 +297,7 @@ def gru_sequence(
         s0: Initial state s_0, (batch, units).
         mask: Optional (batch, time) booleans; False steps keep the state.
         kernel: (features, 3 * units), blocks [U_z | U_o | U] (Keras's
-            GRU(reset_after=False) [z | r | h], z = 1 - i; SPEC §1).
+            GRU(reset_after=False) [z | r | h], z = 1 - i; gru.py).
         recurrent_kernel: (units, 3 * units), [W_z | W_o | W].
         bias: (3 * units,) or None.
         Other arguments: as ``lstm_sequence`` (``form``: one of

@@ -6,7 +6,7 @@ as training goes: at the end of every n-th epoch it traces the model's
 keras_gates layers on a fixed probe batch and writes, with ``tf.summary``,
 
 - a histogram per layer and gate: o_t, i_t, f_t, s~_t (the GRU's forget gate
-  is 1 - i_t, SPEC §1), over the probe's unmasked steps only;
+  is 1 - i_t, gru.py), over the probe's unmasked steps only;
 - scalars per layer and gate: the mean, and the fractions saturated, below
   0.05 and above 0.95 (a sigmoid there passes less than 5% of the gradient:
   the gate has decided, or stopped learning); for s~_t the fraction with

@@ -1,4 +1,5 @@
-"""The independent oracle: SPEC §1 in plain NumPy, float64, one step at a time.
+"""The independent oracle: the equations of lstm.py and gru.py in NumPy, float64,
+one step at a time.
 
 Nothing here imports keras_gates or Keras. Weights come in the documented
 layout, which is the Keras built-ins' (gate blocks side by side: LSTM

@@ -4,7 +4,7 @@ Each script runs in a fresh interpreter; each notebook runs in a real Jupyter
 kernel (nbclient) that uses this interpreter. Tiny mode (KERAS_GATES_TINY=1)
 trains for a few steps on a small part of the real data, so the checks are
 "better than chance on held-out data" and "the files were written", not
-full-run accuracies (those are in the README).
+full-run accuracies (those are in examples/README.md).
 """
 
 from __future__ import annotations

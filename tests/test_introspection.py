@@ -1,6 +1,6 @@
 """trace_gates / gate_sequences / gradient_flow against independent oracles.
 
-Oracles: tests/reference.py (SPEC §1 in float64 NumPy, keras.layers.RNN's
+Oracles: tests/reference.py (the cells' equations in float64 NumPy, keras.layers.RNN's
 mask and go_backwards semantics) for the traces; the layer's own outputs and
 final states for h and s; a linear RNN whose gradients are known in closed
 form for gradient_flow. Tolerances: ATOL/RTOL of conftest.py.

@@ -157,7 +157,7 @@ def test_cell_in_rnn_equals_step_by_step(variant):
 
 
 def test_weight_layout(variant):
-    """Names and shapes of SPEC §1's layout (a stored manifest, haiku-style),
+    """Names and shapes of lstm.py's / gru.py's layout (a stored manifest, haiku-style),
     and, with a forget gate, exactly the built-in's variables."""
     layer = make_layer(variant, 5, 3)
     blocks = {"lstm": 4, "lstm_no_forget": 3, "gru": 3}[variant]

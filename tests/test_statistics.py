@@ -1,6 +1,6 @@
 """keras_gates.gate_statistics against a direct NumPy computation.
 
-The oracle runs the sequences through tests/reference.py (SPEC §1 in NumPy,
+The oracle runs the sequences through tests/reference.py (the cells' equations in NumPy,
 float64, keras.layers.RNN's mask rule) and averages the gates per sentence and
 class with plain loops; the t intervals use SciPy's t quantile. Tolerances:
 1e-5 absolute (float32 layer against the float64 oracle, means of values in

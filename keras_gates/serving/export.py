@@ -2,7 +2,7 @@
 
     keras-gates export MODEL.keras --name NAME --base DIR [--version N] [--overwrite]
 
-writes ``DIR/NAME/VERSION/`` in TF Serving's layout (SPEC §3)::
+writes ``DIR/NAME/VERSION/`` in TF Serving's layout (the README's serving section)::
 
     saved_model.pb, variables/          graph and weights (keras.export.ExportArchive)
     assets.extra/tf_serving_warmup_requests

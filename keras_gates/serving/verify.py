@@ -3,7 +3,7 @@
     keras-gates verify DIR/NAME/VERSION [--model MODEL.keras] [--latency STEPS]
 
 A SavedModel that loads with ``tf.saved_model.load`` can still fail in
-``tensorflow_model_server`` (SPEC §3): the server restores by session, not by
+``tensorflow_model_server`` (see the README): the server restores by session, not by
 object graph, knows only the ops compiled into it, and has no Python. So this
 check runs in a child process that never imports the tensorflow Python package:
 it loads ``libtensorflow_cc.so.2`` from the installed wheel with ctypes and
