@@ -128,14 +128,17 @@ def gpu_available() -> bool:
         import tensorflow as tf
 
         return bool(tf.config.list_logical_devices("GPU"))
-    if backend == "jax":
-        import jax
+    try:  # the backend in use is installed; the others may not be
+        if backend == "jax":
+            import jax
 
-        return jax.default_backend() == "gpu"
-    if backend == "torch":
-        import torch
+            return jax.default_backend() == "gpu"
+        if backend == "torch":
+            import torch
 
-        return bool(torch.cuda.is_available())
+            return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
     return False
 
 
