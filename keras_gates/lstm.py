@@ -447,7 +447,9 @@ class LSTM(GatedRNN):
         reason = self.cudnn_blocker() or cudnn.loop_blocker()
         if reason is None:
             try:
-                result = self._cudnn_sequence(sequences, initial_state, mask, training)
+                result = self._cudnn_sequence(
+                    sequences, initial_state, mask, training, own_kernel
+                )
             except NotImplementedError as error:
                 reason = (
                     f"Keras's {keras.backend.backend()} LSTM kernel cannot run "
@@ -464,7 +466,7 @@ class LSTM(GatedRNN):
             )
         return own_kernel()
 
-    def _cudnn_sequence(self, sequences, initial_state, mask, training):
+    def _cudnn_sequence(self, sequences, initial_state, mask, training, own_kernel):
         if training and self.cell.dropout > 0:
             # Input dropout before the kernel, with the cell's one mask per
             # sequence: drawn as the package's kernel draws it.
@@ -487,9 +489,7 @@ class LSTM(GatedRNN):
             go_backwards=self.go_backwards,
             return_sequences=self.return_sequences,
             zero_output_for_mask=self.zero_output_for_mask,
-            fallback=lambda: super(LSTM, self).inner_loop(
-                sequences, initial_state, mask, training=training
-            ),
+            fallback=own_kernel,
             required=self.use_cudnn is True,
         )
 

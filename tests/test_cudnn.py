@@ -257,7 +257,7 @@ def test_mask_is_decided_per_batch_inside_one_graph(fake_gpu):
     assert len(run_on.get_concrete_function(inputs(), mask).graph.outputs) == 1
 
 
-def test_use_cudnn_true_refuses_a_mask_cudnn_does_not_compute(fake_gpu):
+def test_use_cudnn_true_refuses_a_mask_cudnn_does_not_compute(fake_gpu, monkeypatch):
     import tensorflow as tf
 
     def asserting_contract(*args, **kwargs):  # Keras's kernel asserts the mask
@@ -265,15 +265,13 @@ def test_use_cudnn_true_refuses_a_mask_cudnn_does_not_compute(fake_gpu):
         tf.debugging.Assert(cudnn.mask_allows(mask), ["not right-padded"])
         return cudnn_contract(fake_gpu)(*args, **kwargs)
 
-    keras_internals_kernel = keras_internals.keras_lstm_kernel
-    try:
-        keras_internals.keras_lstm_kernel = lambda: asserting_contract
-        layer = keras_gates.LSTM(UNITS, use_cudnn=True)
-        layer(inputs(), mask=np.array(MASKS["right_padded"], bool))
-        with pytest.raises(tf.errors.InvalidArgumentError, match="right-padded"):
-            layer(inputs(), mask=np.array(MASKS["left_padded"], bool))
-    finally:
-        keras_internals.keras_lstm_kernel = keras_internals_kernel
+    monkeypatch.setattr(
+        keras_internals, "keras_lstm_kernel", lambda: asserting_contract
+    )
+    layer = keras_gates.LSTM(UNITS, use_cudnn=True)
+    layer(inputs(), mask=np.array(MASKS["right_padded"], bool))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="right-padded"):
+        layer(inputs(), mask=np.array(MASKS["left_padded"], bool))
 
 
 def test_gradients_equal_the_own_kernel(fake_gpu):
