@@ -23,10 +23,10 @@ maths section):
 Importing the package registers every class with Keras's serialization, so a
 `.keras` file that uses them loads with plain `keras.saving.load_model`.
 
-One exception: in the `keras-gates` console script (`keras_gates_cli`, outside
-the package) the imports wait for the first public name used, so that
-`keras-gates --help` answers without importing TensorFlow; the subcommands
-import the whole package before they run (`keras_gates.cli`).
+One exception: in the `keras-gates` command (pip's console script for
+`keras_gates.cli:main`) the imports wait for the first public name used, so
+that `keras-gates --help` answers without importing TensorFlow; the
+subcommands import the whole package before they run (`keras_gates.cli`).
 """
 
 import importlib
@@ -53,7 +53,7 @@ _DEFINED_IN = {
     "gate_sequences": "keras_gates.introspection",
     "gradient_flow": "keras_gates.introspection",
     "trace_gates": "keras_gates.introspection",
-    "ExactBackupAndRestore": "keras_gates.callbacks",
+    "ExactBackupAndRestore": "keras_gates.resume",
     "GateStatistics": "keras_gates.statistics",
     "gate_statistics": "keras_gates.statistics",
     "GateMonitor": "keras_gates.monitor",
@@ -92,7 +92,7 @@ def import_all() -> None:
 
 
 def __getattr__(name: str):
-    """The console script's deferred imports: the first name used imports all
+    """The console command's deferred imports: the first name used imports all
     (a public name, or a submodule that the public modules import)."""
     if name in _DEFINED_IN:
         value = _load(name)
@@ -105,5 +105,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'keras_gates' has no attribute {name!r}")
 
 
-if "keras_gates_cli" not in sys.modules:
+def _in_console_script() -> bool:
+    """Whether this process is the `keras-gates` command.
+
+    pip's console script is a file named for the command (`keras-gates`;
+    `keras-gates-script.py` beside Windows' `keras-gates.exe`) that imports
+    `keras_gates.cli`, so this package's `__init__` runs with the script as
+    `sys.argv[0]`. Any other process, the command's child processes
+    included, imports the package as usual.
+    """
+    if not sys.argv or not sys.argv[0]:
+        return False
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    return name in ("keras-gates", "keras-gates-script")
+
+
+if not _in_console_script():
     import_all()

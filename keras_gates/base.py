@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, keras_internals
+from keras_gates import keras_internals, validation
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
@@ -222,11 +222,11 @@ class GatedCell(
                 f"`weight_layout` must be one of {WEIGHT_LAYOUTS}; received "
                 f"{weight_layout!r}."
             )
-        units = checks.positive_int("units", units)
-        use_bias = checks.boolean("use_bias", use_bias)
-        dropout = checks.rate("dropout", dropout)
-        recurrent_dropout = checks.rate("recurrent_dropout", recurrent_dropout)
-        seed = checks.optional_seed("seed", seed)
+        units = validation.positive_int("units", units)
+        use_bias = validation.boolean("use_bias", use_bias)
+        dropout = validation.rate("dropout", dropout)
+        recurrent_dropout = validation.rate("recurrent_dropout", recurrent_dropout)
+        seed = validation.optional_seed("seed", seed)
         resolved = {
             "activation": (activation, keras.activations.get),
             "recurrent_activation": (recurrent_activation, keras.activations.get),
@@ -241,7 +241,7 @@ class GatedCell(
             "bias_constraint": (bias_constraint, keras.constraints.get),
         }
         resolved = {
-            name: checks.resolved(name, value, getter)
+            name: validation.resolved(name, value, getter)
             for name, (value, getter) in resolved.items()
         }
         super().__init__(**kwargs)
@@ -559,10 +559,10 @@ class GatedRNN(keras.layers.RNN):
         kwargs.pop("implementation", None)
         for name in self.layer_arguments:
             if name in kwargs:
-                kwargs[name] = checks.boolean(name, kwargs[name])
+                kwargs[name] = validation.boolean(name, kwargs[name])
         super().__init__(
             cell,
-            activity_regularizer=checks.resolved(
+            activity_regularizer=validation.resolved(
                 "activity_regularizer", activity_regularizer, keras.regularizers.get
             ),
             **kwargs,
@@ -586,21 +586,21 @@ class GatedRNN(keras.layers.RNN):
     def _check_call(self, sequences, initial_state, mask):
         name = f"{type(self).__name__} layer '{self.name}'"
         shape = tuple(sequences.shape)
-        checks.sequence_inputs(
+        validation.sequence_inputs(
             shape,
             keras.backend.standardize_dtype(sequences.dtype),
             self.cell.kernel.shape[0] if self.cell.built else None,
             owner=name,
         )
         if mask is not None:
-            checks.sequence_mask(tuple(mask.shape), shape, owner=name)
+            validation.sequence_mask(tuple(mask.shape), shape, owner=name)
         if initial_state is not None:
             states = (
                 list(initial_state)
                 if isinstance(initial_state, (list, tuple))
                 else [initial_state]
             )
-            checks.initial_states(
+            validation.initial_states(
                 [tuple(ops.shape(state)) for state in states],
                 self.num_states,
                 shape[0],

@@ -9,9 +9,9 @@
 `run(args) -> int`); the serving commands' arguments are parsed here and run
 `keras_gates.serving`. A subcommand's module is imported only when it runs.
 
-The console script starts in `keras_gates_cli` (outside the package), where
-`import keras_gates` waits (see `keras_gates/__init__.py`): `--help`, bad usage
-and this module import neither Keras nor TensorFlow, and answer at once. Before
+In the console script (`keras-gates`, setup.cfg's entry point) the package's
+imports wait (see `keras_gates/__init__.py`): `--help`, bad usage and this
+module import neither Keras nor TensorFlow, and answer at once. Before
 a subcommand runs, `prepare()` imports TensorFlow with the C++ start-up lines
 it writes to stderr filtered out (`BANNER`), then the whole package.
 

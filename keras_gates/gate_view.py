@@ -54,8 +54,8 @@ import keras
 import numpy as np
 
 from keras_gates.base import GatedCell
-from keras_gates.checks import describe
 from keras_gates.introspection import trace_gates
+from keras_gates.validation import describe
 
 __all__ = ["GateView", "QUANTITIES", "token_colour"]
 

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, keras_internals
+from keras_gates import keras_internals, validation
 from keras_gates.base import GatedCell
 
 __all__ = [
@@ -247,7 +247,7 @@ def _gate_sequences(
     names = gate_names(cell)
     inputs = ops.convert_to_tensor(inputs)
     shape = tuple(inputs.shape)
-    checks.sequence_inputs(
+    validation.sequence_inputs(
         shape,
         keras.backend.standardize_dtype(inputs.dtype),
         int(cell.kernel.shape[0]),
@@ -258,7 +258,7 @@ def _gate_sequences(
     batch = ops.shape(inputs)[0]
     if mask is not None:
         mask = ops.cast(ops.convert_to_tensor(mask), "bool")
-        checks.sequence_mask(tuple(mask.shape), shape)
+        validation.sequence_mask(tuple(mask.shape), shape)
 
     if initial_state is None:
         carried = _stateful_states(layer)
@@ -298,7 +298,7 @@ def _gate_sequences(
         ops.cast(ops.convert_to_tensor(s), cell.compute_dtype)
         for s in _as_state_list(initial_state)
     ]
-    checks.initial_states(
+    validation.initial_states(
         [tuple(state.shape) for state in initial_state],
         len(_as_state_list(cell.state_size)),
         shape[0],

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, cudnn, kernels
+from keras_gates import cudnn, kernels, validation
 from keras_gates.base import GatedCell, GatedRNN
 
 
@@ -127,8 +127,8 @@ class LSTMCell(GatedCell):
         weight_layout: str = "keras",
         **kwargs,
     ):
-        unit_forget_bias = checks.boolean("unit_forget_bias", unit_forget_bias)
-        forget_gate = checks.boolean("forget_gate", forget_gate)
+        unit_forget_bias = validation.boolean("unit_forget_bias", unit_forget_bias)
+        forget_gate = validation.boolean("forget_gate", forget_gate)
         super().__init__(
             units,
             activation=activation,

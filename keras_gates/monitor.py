@@ -48,7 +48,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_gates import checks
+from keras_gates import validation
 from keras_gates.gru import GRUCell
 from keras_gates.introspection import GatedLayer, find_gated_layers, trace_gates
 from keras_gates.introspection import gradient_flow as measure_gradient_flow
@@ -282,7 +282,7 @@ class GateMonitor(keras.callbacks.Callback):
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise TypeError(
                 f"`log_dir` must be a folder path (str or os.PathLike); received "
-                f"{checks.describe(log_dir)}."
+                f"{validation.describe(log_dir)}."
             )
         if isinstance(layers, str):
             layers = [layers]
@@ -292,7 +292,7 @@ class GateMonitor(keras.callbacks.Callback):
             ):
                 raise TypeError(
                     "`layers` must be None, a layer name or a list of layer "
-                    f"names; received {checks.describe(layers)}."
+                    f"names; received {validation.describe(layers)}."
                 )
             if not layers:
                 raise ValueError(
@@ -306,25 +306,25 @@ class GateMonitor(keras.callbacks.Callback):
         ):
             raise TypeError(
                 "`tokens` must be a list of str, one label per time step of the "
-                f"first probe sequence; received {checks.describe(tokens)}."
+                f"first probe sequence; received {validation.describe(tokens)}."
             )
         if not isinstance(run_name, str):
             raise TypeError(
-                f"`run_name` must be a str; received {checks.describe(run_name)}."
+                f"`run_name` must be a str; received {validation.describe(run_name)}."
             )
         if not run_name or os.sep in run_name or "/" in run_name:
             raise ValueError(
                 "`run_name` must be a non-empty folder name (no path separator); "
-                f"received {checks.describe(run_name)}."
+                f"received {validation.describe(run_name)}."
             )
         self.probe = probe
         self.log_dir = os.fspath(log_dir)
         self.layers = None if layers is None else list(layers)
-        self.every_n_epochs = checks.positive_int("every_n_epochs", every_n_epochs)
+        self.every_n_epochs = validation.positive_int("every_n_epochs", every_n_epochs)
         self.tokens = None if tokens is None else list(tokens)
-        self.gradient_flow = checks.boolean("gradient_flow", gradient_flow)
+        self.gradient_flow = validation.boolean("gradient_flow", gradient_flow)
         self.run_name = run_name
-        self.max_units = checks.positive_int("max_units", max_units)
+        self.max_units = validation.positive_int("max_units", max_units)
         self.run_dir = os.path.join(self.log_dir, run_name)
         self.seconds_per_write: list[float] = []
         self._targets: list[GatedLayer] | None = None

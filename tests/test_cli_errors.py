@@ -3,17 +3,22 @@ no TensorFlow banner, errors on stderr; exit status 2 for bad usage (nothing
 run), 1 for a failed job, for every subcommand; and `keras_gates` as it was
 (every class registered on import) everywhere but in the console script.
 
-The subprocess tests start the command the way pip's console script does
-(`from keras_gates_cli import main; sys.exit(main())`, setup.cfg's entry
-point). How fast `--help` answers is measured, not tested here (no timing
+The subprocess tests start the command the way pip's console script does: a
+file named `keras-gates` that runs `from keras_gates.cli import main;
+sys.exit(main())` (setup.cfg's entry point); one runs the script pip
+installed. How fast `--help` answers is measured, not tested here (no timing
 thresholds in unit tests): the CHANGELOG has the numbers.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -25,7 +30,7 @@ from keras_gates import cli
 # pip's generated console script, with a report of what it imported
 CONSOLE_SCRIPT = """
 import sys
-from keras_gates_cli import main
+from keras_gates.cli import main
 try:
     status = main()
 except SystemExit as exit:
@@ -36,12 +41,20 @@ sys.exit(status)
 """
 
 
+@functools.cache
+def console_script() -> str:
+    """CONSOLE_SCRIPT in a file named as pip names it (`keras-gates`)."""
+    path = Path(tempfile.mkdtemp(prefix="keras-gates-cli-")) / "keras-gates"
+    path.write_text(CONSOLE_SCRIPT)
+    return str(path)
+
+
 def console(*argv: str, cwd=None) -> tuple[int, str, str, list[str]]:
     """(exit status, stdout, stderr without the import report, heavy modules
     imported) of `keras-gates ARGV` in a fresh process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     result = subprocess.run(
-        [sys.executable, "-c", CONSOLE_SCRIPT, *argv],
+        [sys.executable, console_script(), *argv],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
     )  # fmt: skip
     lines = result.stderr.splitlines()
@@ -205,7 +218,7 @@ print(repr(np.asarray(model(np.load(sys.argv[2]))).tolist()))
     [
         "import keras_gates",
         # the console script's process, once a subcommand is about to run
-        "import keras_gates_cli, keras_gates; keras_gates.import_all()",
+        "sys.argv[0] = 'keras-gates'; import keras_gates; keras_gates.import_all()",
     ],
     ids=["import", "console_script"],
 )
@@ -231,7 +244,8 @@ def test_import_registers_every_class_for_keras_files(first, tmp_path):
 
 def test_console_script_defers_imports_until_a_public_name_is_used():
     code = (
-        "import sys, keras_gates_cli, keras_gates\n"
+        "import sys; sys.argv[0] = '/venv/bin/keras-gates'\n"
+        "import keras_gates\n"
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
         "assert keras_gates.__version__\n"
         "assert 'keras' not in sys.modules\n"
@@ -242,6 +256,29 @@ def test_console_script_defers_imports_until_a_public_name_is_used():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_installed_command_is_the_deferring_entry_point():
+    """The `keras-gates` that pip installed runs `keras_gates.cli:main`, and
+    its `--help` imports neither Keras nor TensorFlow (`-X importtime`
+    lists every module imported)."""
+    (entry,) = importlib.metadata.entry_points(
+        group="console_scripts", name="keras-gates"
+    )
+    assert entry.value == "keras_gates.cli:main"
+    script = Path(sys.executable).parent / "keras-gates"
+    if not script.exists():
+        pytest.skip(f"no installed script beside {sys.executable}")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "--help"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("usage: keras-gates")
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in result.stderr.splitlines() if "|" in line}  # fmt: skip
+    assert "keras_gates" in imported
+    assert not imported & {"keras", "tensorflow", "jax"}, sorted(imported)
 
 
 def test_public_names_are_the_documented_ones():

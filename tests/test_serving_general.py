@@ -5,7 +5,7 @@ exported whole: `serving_default` (and `with_lengths` for masked token models)
 runs the model itself; `step` and `gates`, which follow one forward cell, are not
 written, and the export's metadata and log line say why. As in test_serving.py
 the served outputs come from TF Serving's own C++ loader
-(`keras_gates.verify.run_signatures`, no TensorFlow Python package in that
+(`keras_gates.serving.verify.run_signatures`, no TensorFlow Python package in that
 process) and the oracle is the Keras model on the same inputs.
 
 Tolerance: float32 graph vs float32 Keras, ATOL 1e-5 / RTOL 1e-4.
@@ -24,7 +24,7 @@ import pytest
 import keras_gates
 from keras_gates import cli
 from keras_gates.serving import export_for_serving
-from keras_gates.verify import run_signatures, verify_saved_model
+from keras_gates.serving.verify import run_signatures, verify_saved_model
 
 ATOL = 1e-5
 RTOL = 1e-4
