@@ -5,10 +5,12 @@ last one with the lecture's own weight layout (LSTM [o | i | f | s~], GRU
 [o | i | s~] with i = 1 - z), before the cells moved to Keras's layout. The
 test `tests/test_dropin.py::test_legacy_keras_file_loads` loads them with
 today's code. Rerunning this script with today's code would write a file in
-the new layout, so it is kept for the record only:
+the new layout, so it is kept for the record only. It was run with the oldest
+Keras the package declares (3.13), whose files every later Keras reads (a
+file written by Keras 3.15 is refused by 3.13):
 
     git worktree add --detach /tmp/legacy 7f43805
-    PYTHONPATH=/tmp/legacy .venv/bin/python tests/data/make_legacy.py tests/data
+    PYTHONPATH=/tmp/legacy venv-keras-3.13/bin/python tests/data/make_legacy.py tests/data
 """
 
 from __future__ import annotations
