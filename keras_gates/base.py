@@ -26,28 +26,6 @@ from keras import ops
 
 from keras_gates import keras_internals, validation
 
-# The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
-# the layers expose each of them as a read-only attribute.
-CELL_ARGUMENTS = (
-    "units",
-    "activation",
-    "recurrent_activation",
-    "use_bias",
-    "kernel_initializer",
-    "recurrent_initializer",
-    "bias_initializer",
-    "kernel_regularizer",
-    "recurrent_regularizer",
-    "bias_regularizer",
-    "kernel_constraint",
-    "recurrent_constraint",
-    "bias_constraint",
-    "dropout",
-    "recurrent_dropout",
-    "seed",
-    "weight_layout",
-)
-
 # How the gate blocks of `kernel`, `recurrent_kernel` and `bias` are ordered:
 # "keras", the built-ins' order (what every cell builds and saves), or
 # "lecture", the order keras_gates used before it stored the built-ins'
@@ -520,13 +498,6 @@ def _apply_masks(value, mask):
     return value * ops.cast(mask, value.dtype)
 
 
-def _cell_attribute(name: str) -> property:
-    return property(
-        lambda self: getattr(self.cell, name),
-        doc=f"The cell's `{name}` (read-only; set it through the constructor).",
-    )
-
-
 class GatedRNN(keras.layers.RNN):
     """Base of ``LSTM`` and ``GRU``: a ``keras.layers.RNN`` over a gated cell.
 
@@ -548,11 +519,6 @@ class GatedRNN(keras.layers.RNN):
         "zero_output_for_mask",
     )
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for name in CELL_ARGUMENTS + getattr(cls, "extra_cell_arguments", ()):
-            setattr(cls, name, _cell_attribute(name))
-
     def __init__(self, cell: GatedCell, activity_regularizer=None, **kwargs):
         # Keras's deprecated kernel-layout switch: accepted for drop-in use, and
         # meaningless here (the built-ins' variables: lstm.py, gru.py).
@@ -570,6 +536,77 @@ class GatedRNN(keras.layers.RNN):
         # Rank only: the feature size is checked in `call` against the built
         # kernel, with a message that says which size the layer was built for.
         self.input_spec = keras.InputSpec(ndim=3)
+
+    # The cell's arguments, read-only, as keras.layers.LSTM/GRU expose them
+    # (set them through the constructor).
+
+    @property
+    def units(self):
+        return self.cell.units
+
+    @property
+    def activation(self):
+        return self.cell.activation
+
+    @property
+    def recurrent_activation(self):
+        return self.cell.recurrent_activation
+
+    @property
+    def use_bias(self):
+        return self.cell.use_bias
+
+    @property
+    def kernel_initializer(self):
+        return self.cell.kernel_initializer
+
+    @property
+    def recurrent_initializer(self):
+        return self.cell.recurrent_initializer
+
+    @property
+    def bias_initializer(self):
+        return self.cell.bias_initializer
+
+    @property
+    def kernel_regularizer(self):
+        return self.cell.kernel_regularizer
+
+    @property
+    def recurrent_regularizer(self):
+        return self.cell.recurrent_regularizer
+
+    @property
+    def bias_regularizer(self):
+        return self.cell.bias_regularizer
+
+    @property
+    def kernel_constraint(self):
+        return self.cell.kernel_constraint
+
+    @property
+    def recurrent_constraint(self):
+        return self.cell.recurrent_constraint
+
+    @property
+    def bias_constraint(self):
+        return self.cell.bias_constraint
+
+    @property
+    def dropout(self):
+        return self.cell.dropout
+
+    @property
+    def recurrent_dropout(self):
+        return self.cell.recurrent_dropout
+
+    @property
+    def seed(self):
+        return self.cell.seed
+
+    @property
+    def weight_layout(self):
+        return self.cell.weight_layout
 
     @property
     def num_states(self) -> int:

@@ -352,3 +352,9 @@ class GRU(GatedRNN):
             zero_output_for_mask=zero_output_for_mask,
             **kwargs,
         )
+
+    @property
+    def reset_after(self) -> bool:
+        """Always False: the reset (output) gate acts before the W product, as
+        in ``keras.layers.GRU(reset_after=False)``."""
+        return False

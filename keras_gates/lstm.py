@@ -334,7 +334,6 @@ class LSTM(GatedRNN):
     (2, 1)
     """
 
-    extra_cell_arguments = ("unit_forget_bias", "forget_gate")
     # Inference up to this batch takes the fast path's small-batch form
     # (measured crossover at 100 steps x 64 features -> 128 units: it wins at
     # batch 1 and 2, ties at 4, the large-batch form wins from batch 8).
@@ -422,6 +421,15 @@ class LSTM(GatedRNN):
             # cuDNN ops are not XLA ops: keep jit_compile="auto" off, as
             # keras.layers.LSTM does.
             self.supports_jit = False
+
+    # LSTM-only cell arguments, read-only like the others (GatedRNN)
+    @property
+    def unit_forget_bias(self):
+        return self.cell.unit_forget_bias
+
+    @property
+    def forget_gate(self):
+        return self.cell.forget_gate
 
     def cudnn_blocker(self) -> str | None:
         """The option that keeps this layer off cuDNN, or None

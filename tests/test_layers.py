@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import ATOL, RTOL, as_numpy, make_layer, reference
 
+import keras_gates
+
 pytestmark = pytest.mark.jax_parity
 
 SHAPES = [  # (batch, time, features, units)
@@ -233,3 +235,30 @@ def test_dropout_masks_fixed_across_time(variant):
     # Inference ignores dropout.
     want_eval, _, _, _ = reference(variant, layer, x)
     np.testing.assert_allclose(as_numpy(layer(x)), want_eval, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_layer_exposes_the_builtins_properties(variant):
+    """Every property of keras.layers.LSTM / GRU is one of ours, read-only,
+    with the cell's value (or the one fixed value: GRU.reset_after)."""
+    builtin = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[variant]
+    ours = {"lstm": keras_gates.LSTM, "gru": keras_gates.GRU}[variant]
+    names = [n for n, v in vars(builtin).items() if isinstance(v, property)]
+    assert len(names) >= 16, names
+    layer = ours(
+        3, dropout=0.25, recurrent_dropout=0.5, use_bias=False, activation="relu",
+        kernel_regularizer="l2", recurrent_constraint="non_neg", seed=7,
+    )  # fmt: skip
+    for name in names:
+        if name == "reset_after":
+            assert layer.reset_after is False
+        else:
+            assert getattr(layer, name) is getattr(layer.cell, name), name
+        with pytest.raises(AttributeError):
+            setattr(layer, name, 5)
+    for name in ("seed", "weight_layout") + (
+        ("forget_gate",) if variant == "lstm" else ()
+    ):
+        assert getattr(layer, name) == getattr(layer.cell, name), name
+    assert (layer.units, layer.dropout, layer.recurrent_dropout) == (3, 0.25, 0.5)
+    assert layer.use_bias is False and layer.seed == 7
