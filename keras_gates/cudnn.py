@@ -50,6 +50,10 @@ from keras import ops
 
 from keras_gates import keras_internals
 
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
+
 __all__ = [
     "USE_CUDNN_CHOICES",
     "blocker",

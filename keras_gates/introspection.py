@@ -51,6 +51,10 @@ from keras import ops
 from keras_gates import keras_internals, validation
 from keras_gates.base import GatedCell
 
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
+
 __all__ = [
     "GatedLayer",
     "find_gated_layer",

@@ -42,6 +42,10 @@ from typing import Any
 
 import keras
 
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
+
 # The file keras.callbacks.BackupAndRestore writes its progress into, beside
 # `latest.weights.h5` in the backup folder.
 BACKUP_PROGRESS_FILE = "training_metadata.json"

@@ -47,11 +47,16 @@ from typing import Any
 
 import keras
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from keras_gates import validation
+from keras_gates import plots, validation
 from keras_gates.gru import GRUCell
 from keras_gates.introspection import GatedLayer, find_gated_layers, trace_gates
 from keras_gates.introspection import gradient_flow as measure_gradient_flow
+
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
 
 __all__ = ["GateMonitor"]
 
@@ -196,8 +201,6 @@ def _states_kept(model: keras.Model):
 
 def _pixels(figure: Any, dpi: int) -> np.ndarray:
     """A matplotlib Figure as (1, height, width, 3) uint8, for tf.summary.image."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     figure.set_dpi(dpi)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
@@ -422,8 +425,6 @@ class GateMonitor(keras.callbacks.Callback):
     def _write(self, step: int) -> None:
         """Trace the probe now and write every summary at `step`."""
         import tensorflow as tf
-
-        from keras_gates import plots  # matplotlib: only when writing
 
         model = self.model  # with JAX, this brings the trained state back
         with _states_kept(model):

@@ -366,8 +366,8 @@ def test_ci_runs_the_touches_on_the_oldest_declared_stack():
     for package in ("tensorflow", "keras"):
         lowest = re.search(rf"^\s*{package}>=(\d+\.\d+),", setup, re.MULTILINE)[1]
         assert f'"{package}=={lowest}.*"' in ci, (package, lowest)
-    runs = [line for line in ci.splitlines() if '"$oldest/bin/python" -m pytest' in line]
-    assert runs == ['"$oldest/bin/python" -m pytest'], runs
+    run = '"$oldest/bin/python" -m pytest'
+    assert [line for line in ci.splitlines() if run in line] == [run]
 
 
 def test_in_xla_compilation_tells_a_jit_trace_from_a_plain_one():

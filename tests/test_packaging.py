@@ -13,9 +13,13 @@ from __future__ import annotations
 import ast
 import configparser
 import importlib.metadata as metadata
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,3 +169,22 @@ def test_version_is_the_changelog_s_newest():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     newest = re.search(r"^## \[(\d[^\]]*)\]", changelog, re.M).group(1)
     assert newest == version
+
+
+def test_import_on_jax_loads_no_tensorflow():
+    """The modules import TensorFlow inside the functions that use it (each
+    says so by its imports): on the JAX backend, `import keras_gates`, every
+    public name and the serving modules leave it unloaded."""
+    pytest.importorskip("jax")
+    code = (
+        "import sys, keras_gates, keras_gates.serving.verify, keras_gates.plots\n"
+        "assert all(getattr(keras_gates, name) for name in keras_gates.__all__)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -27,6 +27,11 @@ from typing import Any
 import keras
 
 from keras_gates import keras_internals
+from keras_gates.base import GatedCell
+
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
 
 
 def as_float32(x):
@@ -40,8 +45,6 @@ def as_float32(x):
 
 def is_gated(layer) -> bool:
     """A keras.layers.RNN whose cell (or one of its stacked cells) is ours."""
-    from keras_gates.base import GatedCell
-
     if not isinstance(layer, keras.layers.RNN):
         return False
     cells = getattr(layer.cell, "cells", [layer.cell])
@@ -393,8 +396,6 @@ def describe(model: Any) -> Description:
 
 def _chain(model, kind, input_dtype, recurrent, vectorizer):
     """(Chain, None) for a chain around one forward gated RNN, else (None, why)."""
-    from keras_gates.base import GatedCell
-
     # `step` and `gates` run one recurrent cell forward in time, step by step.
     why = "`step` and `gates` follow one forward cell step by step"
     layers = [

@@ -86,6 +86,11 @@ from keras_gates.serving.layout import (
     check_version,
 )
 from keras_gates.serving.modelfile import load_keras_file
+from keras_gates.serving.verify import verify_saved_model
+
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
 
 LOG = logging.getLogger("keras_gates.serving")
 # Ops a CPU server cannot run (GPU-only cuDNN RNN kernels).
@@ -323,8 +328,6 @@ def export_for_serving(
 
             write_metadata(version or 0)
             if verify:
-                from keras_gates.serving.verify import verify_saved_model
-
                 report = verify_saved_model(export_dir)
                 if not report.ok:
                     raise RuntimeError(

@@ -8,6 +8,9 @@ import zipfile
 
 import keras
 
+# the layer and cell classes, registered with Keras's serialization on import
+from keras_gates import gru, lstm  # noqa: F401
+
 
 def load_keras_file(path: str | os.PathLike):
     """keras.saving.load_model, with clear errors for a missing or damaged file.
@@ -18,8 +21,6 @@ def load_keras_file(path: str | os.PathLike):
             content is damaged or incomplete (no config.json, bad CRC, ...);
             the message names the argument (`model`) and the path.
     """
-    import keras_gates  # noqa: F401  (registers the classes for loading)
-
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
     if str(path).endswith(".keras") and os.path.isfile(path):

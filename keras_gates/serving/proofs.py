@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_gates.introspection import trace_gates
 from keras_gates.serving import samples
 from keras_gates.serving.analysis import Description, sublayers
 
@@ -177,8 +178,6 @@ def prove_step(
 
 
 def prove_gates(description: Description, served: Callable) -> str:
-    from keras_gates.introspection import trace_gates
-
     chain = description.chain
     compare = _Compare(*tolerance(description.model))
     for x in _inputs(description, seed=401):

@@ -24,6 +24,10 @@ from typing import Any
 
 from keras_gates.serving.layout import MODELS_CONFIG, check_name, existing_versions
 
+# TensorFlow (and TF Serving's protos, which import it) is imported inside the
+# functions that use it, so that `import keras_gates` on the JAX or torch
+# backend does not load it (seconds; tested in tests/test_packaging.py).
+
 # Server-side batching example (text BatchingParameters). pad_variable_length_inputs
 # pads with each tensor's first element: send `lengths` (signature with_lengths).
 BATCHING_PARAMETERS = """\

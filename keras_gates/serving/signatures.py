@@ -28,7 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from keras_gates.introspection import gate_sequences
 from keras_gates.serving.analysis import Description, as_float32
+
+# TensorFlow is imported inside the functions that use it, so that `import
+# keras_gates` on the JAX or torch backend does not load it (seconds; tested in
+# tests/test_packaging.py).
 
 
 @dataclass(frozen=True)
@@ -243,8 +248,6 @@ def gates(description: Description, jit_compile: bool = False):
     """Every gate at every step: `keras_gates.gate_sequences` on the chain's RNN,
     gates at masked steps 0 (JSON has no NaN), `s`/`h` there the carried state."""
     import tensorflow as tf
-
-    from keras_gates.introspection import gate_sequences
 
     chain = description.chain
 

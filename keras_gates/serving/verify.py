@@ -51,9 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
+from keras_gates.serving import samples
+from keras_gates.serving.layout import METADATA_PATH
 from keras_gates.serving.loader_child import REPORT_PREFIX, Report
+from keras_gates.serving.modelfile import load_keras_file
+from keras_gates.serving.proofs import first_line, tolerance
 
 BATCH_SIZES = (1, 2, 7)
 TIME_STEPS = (3, 8)
@@ -157,8 +162,6 @@ def verify_saved_model(
     """
     path = _check_dir(path)
     if isinstance(model, (str, os.PathLike)):  # load first: fail before the child
-        from keras_gates.serving.modelfile import load_keras_file
-
         model = load_keras_file(model)
     for name, sizes in (("batch_sizes", batch_sizes), ("time_steps", time_steps)):
         if not sizes or not all(
@@ -333,9 +336,6 @@ def latency_of_export(path: str | os.PathLike, time_steps: int) -> dict[str, Any
         serving_latency's dict, plus "jit_compile" (whether the export says its
         signatures are XLA-compiled).
     """
-    from keras_gates.serving import samples
-    from keras_gates.serving.layout import METADATA_PATH
-
     path = _check_dir(path)
     metadata_path = path / METADATA_PATH
     if not metadata_path.is_file():
@@ -353,10 +353,6 @@ def latency_of_export(path: str | os.PathLike, time_steps: int) -> dict[str, Any
 
 def _compare_with_keras(report: Report, model: Any, served) -> None:
     """`model` (a keras.Model: verify_saved_model loads paths first) vs served."""
-    import keras
-
-    from keras_gates.serving.proofs import first_line, tolerance
-
     atol, rtol = tolerance(model)
     worst = 0.0
     compared = 0

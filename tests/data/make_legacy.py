@@ -10,7 +10,7 @@ Keras the package declares (3.13), whose files every later Keras reads (a
 file written by Keras 3.15 is refused by 3.13):
 
     git worktree add --detach /tmp/legacy 7f43805
-    PYTHONPATH=/tmp/legacy venv-keras-3.13/bin/python tests/data/make_legacy.py tests/data
+    PYTHONPATH=/tmp/legacy venv-3.13/bin/python tests/data/make_legacy.py tests/data
 """
 
 from __future__ import annotations
