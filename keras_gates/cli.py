@@ -33,6 +33,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+# Nothing from keras_gates, Keras or TensorFlow at the top: each subcommand
+# imports what it runs (see above, and tests/test_cli_errors.py).
+
 # What TensorFlow's C++ side writes to stderr while it is imported: absl's note
 # (TF 2.21 logs through absl, before absl is initialized, so
 # TF_CPP_MIN_LOG_LEVEL no longer filters these lines; TF 2.20 honours it, but
