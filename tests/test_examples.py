@@ -142,6 +142,24 @@ def test_script_runs_in_tiny_mode(stem, script_workdir):
         assert len(list((script_workdir / "saved_models" / "sentiment").iterdir())) >= 2
 
 
+def test_serving_client_dry_run_goes_through_the_cpp_loader(tmp_path):
+    """Without `--server`, examples/serving_client.py builds every request and
+    runs them through TF Serving's C++ loader on a small export it makes; the
+    script itself asserts that streaming with `step` ends where
+    serving_default does."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "serving_client.py"),
+         "--base", str(tmp_path / "saved_models")],
+        cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "POST http://localhost:8501/v1/models/adding_lstm:predict" in result.stdout
+    assert "dry run through TF Serving's C++ loader on " in result.stdout
+    for line in ("serving_default ->", "step by step    ->"):
+        assert line in result.stdout, result.stdout[-3000:]
+
+
 def test_text_without_debian_fortunes_is_the_shipped_reviews(monkeypatch):
     # CI has no Debian `fortunes`: char_generation then trains on shipped text.
     monkeypatch.syspath_prepend(str(EXAMPLES))
