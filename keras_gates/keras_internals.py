@@ -386,7 +386,17 @@ def keras_lstm_kernel() -> Any:
     kernel = getattr(getattr(module, "backend", None), "lstm", None)
     if kernel is None:
         raise _changed(touch, "keras.layers.LSTM's module has no `backend.lstm`")
+    if _is_refusing_stub(kernel):
+        return kernel  # raises NotImplementedError: no cuDNN on this backend
     parameters = tuple(inspect.signature(kernel).parameters)
     if parameters[: len(KERAS_LSTM_ARGUMENTS)] != KERAS_LSTM_ARGUMENTS:
         raise _changed(touch, f"its arguments are {parameters}")
     return kernel
+
+
+def _is_refusing_stub(kernel: Any) -> bool:
+    """Whether `kernel` is ``lstm(*args, **kwargs)``: what Keras before 3.15
+    defines for JAX and torch, a function that only raises
+    NotImplementedError."""
+    kinds = [p.kind for p in inspect.signature(kernel).parameters.values()]
+    return kinds == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]

@@ -264,7 +264,10 @@ def test_keras_lstm_kernel_takes_the_cells_variables_and_refuses_without_a_gpu()
     with touch(LSTM_KERNEL):
         kernel = internals.keras_lstm_kernel()
         parameters = list(inspect.signature(kernel).parameters)
-        assert parameters[:12] == list(internals.KERAS_LSTM_ARGUMENTS), parameters
+        if parameters != ["args", "kwargs"]:  # Keras < 3.15 on JAX: a stub
+            assert parameters[:12] == list(internals.KERAS_LSTM_ARGUMENTS), parameters
+        else:
+            assert keras.backend.backend() != "tensorflow"
         cell = keras.layers.LSTM(3)
         x = np.zeros((2, 4, 5), "float32")
         cell(x)  # builds
