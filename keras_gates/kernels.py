@@ -107,7 +107,10 @@ from keras import ops
 __all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
 
 # The forms each kernel has (module docstring); `form="auto"` picks one.
-LSTM_FORMS = ("small", "large", "compiled")
+LSTM_FORMS = ("small", "large", "compiled", "block")
+# With `form="auto"`, TensorFlow's graph executor runs the LSTM's "block" form
+# (where it applies, `block_form_refusal`) up to this batch at inference.
+BLOCK_BATCH_MAX = 4
 GRU_FORMS = ("small", "large")
 
 
@@ -154,6 +157,7 @@ def lstm_sequence(
     training: bool = False,
     form: str = "auto",
     small_batch_max: int = 4,
+    block_batch_max: int = BLOCK_BATCH_MAX,
 ) -> tuple[Any, Any, list]:
     """The lecture's LSTM over a whole sequence (module docstring).
 
@@ -178,6 +182,9 @@ def lstm_sequence(
         form: ``"auto"`` or one of ``LSTM_FORMS``.
         small_batch_max: Largest batch that takes the ``"small"`` form at
             inference, with ``form="auto"``.
+        block_batch_max: Largest batch that takes the ``"block"`` form at
+            inference, with ``form="auto"``, where it applies (it goes before
+            ``"small"``).
 
     Returns:
         ``(last_output, outputs, [h_T, s_T])`` as ``keras.layers.RNN
@@ -195,8 +202,15 @@ def lstm_sequence(
         x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
     )
     keep = return_sequences or mask is not None  # stack the states
+    refusal = block_form_refusal(
+        x.dtype, mask, r_mask, default_activations, forget_gate
+    )
+    if form == "block" and refusal is not None:
+        raise ValueError(f"`form='block'` does not apply here: {refusal}.")
 
     def run(form):
+        if form == "block":
+            return _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep)
         dtype = x.dtype
         k, w, b = kernel, recurrent_kernel, bias
         # Small form: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
@@ -263,7 +277,10 @@ def lstm_sequence(
         return _scan(lstm_step, (h0, s0), inputs, mask, keep, form, training)
 
     outputs = (return_sequences, zero_output_for_mask)
-    return _dispatch(run, x, mask, form, LSTM_FORMS, training, small_batch_max, outputs)
+    batch_max = {"small": small_batch_max}
+    if refusal is None:
+        batch_max["block"] = block_batch_max
+    return _dispatch(run, x, mask, form, LSTM_FORMS, training, batch_max, outputs)
 
 
 def gru_sequence(
@@ -353,7 +370,8 @@ def gru_sequence(
         return _scan(gru_step, (s0,), inputs, mask, keep, form, training)
 
     outputs = (return_sequences, zero_output_for_mask)
-    return _dispatch(run, x, mask, form, GRU_FORMS, training, small_batch_max, outputs)
+    batch_max = {"small": small_batch_max}
+    return _dispatch(run, x, mask, form, GRU_FORMS, training, batch_max, outputs)
 
 
 def _is(function: Callable, name: str) -> bool:
@@ -382,12 +400,15 @@ def _prepare(x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards):
     return x, mask, r_mask
 
 
-def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
+def _dispatch(run, x, mask, form, forms, training, batch_max, outputs):
     """Run the loop in ``form`` (or the one ``"auto"`` picks), read the outputs.
 
     ``run(form) -> (final states, the first state at every step or None)``;
     ``x`` and ``mask`` are time-major; ``forms`` the kernel's forms;
-    ``outputs`` is ``(return_sequences, zero_output_for_mask)``.
+    ``batch_max`` maps the inference forms chosen by batch size (``"block"``
+    where it applies, ``"small"``) to the largest batch each takes; above
+    them ``"large"``. ``outputs`` is ``(return_sequences,
+    zero_output_for_mask)``.
     """
 
     def outputs_of(form):
@@ -405,26 +426,146 @@ def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
         return outputs_of("large")
     if "compiled" in forms and compiled():
         return outputs_of("compiled")
+    # (largest batch, form), by batch size: "block" (where it applies), then
+    # "small", then "large" for every batch above.
+    ladder = [(batch_max[f], f) for f in ("block", "small") if f in batch_max]
+    ladder = [step for j, step in enumerate(ladder) if j == 0 or step[0] > ladder[0][0]]
     batch = x.shape[1]
     if batch is not None:  # known when tracing: choose now
-        return outputs_of("small" if batch <= small_batch_max else "large")
-    # Dynamic batch (a serving signature): both forms in the graph, one runs.
-    branches = [lambda: outputs_of("small"), lambda: outputs_of("large")]
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        return outputs_of(next((f for top, f in ladder if batch <= top), "large"))
+    # Dynamic batch (a serving signature): every form in the graph, one runs.
+    names = [f for _, f in ladder] + ["large"]
+    branches = [lambda f=f: outputs_of(f) for f in names]
+    if keras.backend.backend() != "tensorflow":
+        return ops.cond(ops.shape(x)[1] <= ladder[0][0], *branches)
+    import tensorflow as tf
 
-        # Each form as one function call (tf.function's documented
-        # experimental_attributes; "_noinline" is on its allow-list): the
-        # executor then skips the untaken form in one node instead of
-        # propagating "dead" through its ~100 ops, which cost the batch-1
-        # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
-        branches = [
-            tf.function(
-                branch, autograph=False, experimental_attributes={"_noinline": True}
+    # Each form as one function call (tf.function's documented
+    # experimental_attributes; "_noinline" is on its allow-list): the
+    # executor then skips the untaken forms in one node instead of
+    # propagating "dead" through their ~100 ops, which cost the batch-1
+    # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
+    branches = [
+        tf.function(
+            branch, autograph=False, experimental_attributes={"_noinline": True}
+        )
+        for branch in branches
+    ]
+    size = tf.shape(x)[1]
+    if len(branches) == 2:
+        return tf.cond(size <= ladder[0][0], *branches)
+    index = tf.add_n([tf.cast(size > top, "int32") for top, _ in ladder])
+    return tf.switch_case(index, branches)
+
+
+def block_form_refusal(
+    dtype, mask, recurrent_dropout_mask, default_activations, forget_gate
+) -> str | None:
+    """Why the LSTM's ``"block"`` form cannot run this call, or None.
+
+    The form is one ``tf.raw_ops.BlockLSTMV2`` (TensorFlow's fused CPU LSTM
+    op, a core op: TF Serving's C++ server runs it): the whole sequence in one
+    op, its weight ``w = [kernel; recurrent_kernel]`` in Keras's own block
+    order [i | f | c | o] (the op's "IFCO"), no peepholes, no cell clip. It
+    computes exactly this package's LSTM with sigmoid gates, tanh state
+    activation and the forget gate, in float32 (its other type, float16, is
+    left to the other forms' precision), without a recurrent dropout mask (an
+    input dropout mask is applied to x before). It takes one sequence length
+    for the whole batch, not a per-example mask, so a call with a mask takes
+    another form. It is TensorFlow's graph executor's form: XLA has no kernel
+    for the op, and other backends do not have it.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return "it is a TensorFlow op (backend " + keras.backend.backend() + ")"
+    if compiled():
+        return "XLA has no kernel for BlockLSTMV2 (use 'compiled' under jit_compile)"
+    if not default_activations:
+        return "it computes sigmoid gates and a tanh state activation only"
+    if not forget_gate:
+        return "it computes the LSTM with a forget gate only"
+    if keras.backend.standardize_dtype(dtype) != "float32":
+        return (
+            f"it runs float32 only (received {keras.backend.standardize_dtype(dtype)})"
+        )
+    if mask is not None:
+        return "it takes no per-step mask"
+    if recurrent_dropout_mask is not None:
+        return "it applies no recurrent dropout mask"
+    return None
+
+
+def _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep):
+    """The ``"block"`` form: the sequence through ``tf.raw_ops.BlockLSTMV2``.
+
+    ``x`` time-major, in reading order, dropout applied. Returns ``(final
+    states, h at every step or None)`` as ``_scan``. Differentiable through
+    ``_block_lstm_op``.
+    """
+    import tensorflow as tf
+
+    units = recurrent_kernel.shape[0]
+    dtype = x.dtype
+    w = tf.concat([kernel, recurrent_kernel], axis=0)
+    b = tf.zeros((4 * units,), dtype) if bias is None else bias
+    s, h = _block_lstm_op(x, tf.cast(s0, dtype), tf.cast(h0, dtype), w, b)
+
+    def last(sequence, initial):  # the last step's state; the initial one if none
+        return tf.concat([initial[None], sequence[-1:]], axis=0)[-1]
+
+    final = (last(h, h0), last(s, s0))
+    return final, (h if keep else None)
+
+
+def _block_lstm_op(x, cs_prev, h_prev, w, b):
+    """``BlockLSTMV2``'s states ``(cs, h)`` at every step, with its gradient.
+
+    TensorFlow registers ``BlockLSTMV2``'s gradient as the first version's
+    (``BlockLSTMGrad``, whose gate blocks are in the other order, i c f o):
+    measured wrong, every gradient off by up to 2 on a 6-step sequence. So
+    the gradient here is ``BlockLSTMGradV2``'s, the op's own, and checked
+    against the loop forms' (``tests/test_kernel_functions.py``).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def op(x, cs_prev, h_prev, w, b):
+        no_peephole = tf.zeros(tf.shape(b)[:1] // 4, x.dtype)
+        inputs = {
+            "seq_len_max": tf.cast(tf.shape(x)[0], "int64"),
+            "x": x,
+            "cs_prev": cs_prev,
+            "h_prev": h_prev,
+            "w": w,
+            "wci": no_peephole,
+            "wcf": no_peephole,
+            "wco": no_peephole,
+            "b": b,
+        }
+        # No peepholes; no cell clipping (a negative clip turns it off).
+        i, cs, f, o, ci, co, h = tf.raw_ops.BlockLSTMV2(
+            **inputs, cell_clip=-1.0, use_peephole=False
+        )
+
+        def grad(cs_grad, h_grad):
+            grads = tf.raw_ops.BlockLSTMGradV2(
+                **inputs,
+                i=i,
+                cs=cs,
+                f=f,
+                o=o,
+                ci=ci,
+                co=co,
+                h=h,
+                cs_grad=tf.zeros_like(cs) if cs_grad is None else cs_grad,
+                h_grad=tf.zeros_like(h) if h_grad is None else h_grad,
+                use_peephole=False,
             )
-            for branch in branches
-        ]
-    return ops.cond(ops.shape(x)[1] <= small_batch_max, *branches)
+            x_grad, cs_prev_grad, h_prev_grad, w_grad, *_, b_grad = grads
+            return x_grad, cs_prev_grad, h_prev_grad, w_grad, b_grad
+
+        return (cs, h), grad
+
+    return op(x, cs_prev, h_prev, w, b)
 
 
 def _read_outputs(final, sequence, mask, return_sequences, zero_output_for_mask):

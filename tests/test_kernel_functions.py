@@ -30,10 +30,13 @@ from keras_gates.base import GatedCell, GatedRNN
 
 BACKEND = keras.backend.backend()
 GRAD_ATOL = 1e-4
+# The loop forms, which take every option; the LSTM's "block" form (one
+# TensorFlow op) takes fewer and has its own tests below.
 VARIANT_FORMS = [
     (variant, form)
     for variant in ("lstm", "lstm_no_forget", "gru")
     for form in (kernels.GRU_FORMS if variant == "gru" else kernels.LSTM_FORMS)
+    if form != "block"
 ]
 GAPS = [[1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
 LEFT_PADDING = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]]
@@ -217,6 +220,226 @@ def test_form_is_checked():
         kernel_call("gru", weights, random((1, 2, 3), 0), "compiled")
 
 
+# -- the LSTM's "block" form (tf.raw_ops.BlockLSTMV2) ----------------------- #
+
+needs_tf = pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow op")
+BLOCK_CASES = {
+    "sequences": {},
+    "backwards_initial_state": {"go_backwards": True, "initial_state": True},
+    "last_output": {"return_sequences": False, "initial_state": True},
+    "input_dropout_mask": {"input_dropout": True, "go_backwards": True},
+    "no_bias": {"no_bias": True},
+}
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("case", sorted(BLOCK_CASES))
+def test_block_form_equals_oracle_and_the_loop_forms(case, graph):
+    """Outputs and final states (return_state) against the NumPy oracle, and
+    against the loop forms on the same call."""
+    import tensorflow as tf
+
+    spec = dict(BLOCK_CASES[case])
+    layer = make_layer("lstm", 5, 4, use_bias=not spec.get("no_bias", False))
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    if spec.pop("no_bias", False):
+        weights.append(None)
+    x = random((3, 6, 4), 11)
+    options = {"return_sequences": spec.pop("return_sequences", True)}
+    oracle = {}
+    if spec.pop("go_backwards", False):
+        options["go_backwards"] = oracle["go_backwards"] = True
+    if spec.pop("initial_state", False):
+        states = [random((3, 5), 21 + k) for k in range(2)]
+        options["states"] = oracle["initial_state"] = states
+    x_oracle = x
+    if spec.pop("input_dropout", False):
+        input_mask = (random((3, 4), 5) > 0).astype("float32") * 2.0
+        options["input_dropout_mask"] = input_mask
+        x_oracle = x * input_mask[:, None, :]
+    assert not spec
+
+    def call(form):
+        def fn(x):
+            return block_call(weights, x, form, **dict(options))
+
+        fn = tf.function(fn) if graph else fn
+        return [as_numpy(t) for t in nest_flatten(fn(tf.constant(x)))]
+
+    got = call("block")
+    want_outputs, want_last, want_states, _ = reference(
+        "lstm", layer, x_oracle, **oracle
+    )
+    last, outputs, h_t, s_t = got
+    np.testing.assert_allclose(last, want_last, rtol=RTOL, atol=ATOL)
+    if options["return_sequences"]:
+        np.testing.assert_allclose(outputs, want_outputs, rtol=RTOL, atol=ATOL)
+    else:
+        assert outputs.shape == (3, 1, 5)
+    for value, want in zip((h_t, s_t), want_states, strict=True):
+        np.testing.assert_allclose(value, want, rtol=RTOL, atol=ATOL)
+    for form in ("small", "large", "compiled"):
+        for value, other in zip(got, call(form), strict=True):
+            np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6)
+
+
+def block_call(weights, x, form, **options):
+    """kernel_call for the LSTM, with a bias of None allowed."""
+    kernel, recurrent_kernel = (ops.convert_to_tensor(w) for w in weights[:2])
+    bias = None if weights[2] is None else ops.convert_to_tensor(weights[2])
+    states = options.pop("states", None)
+    if states is None:
+        states = [ops.zeros((x.shape[0], weights[1].shape[0]))] * 2
+    states = [ops.convert_to_tensor(s) for s in states]
+    return kernels.lstm_sequence(
+        x, states[0], states[1], options.pop("mask", None), kernel,
+        recurrent_kernel, bias, form=form, **options,
+    )  # fmt: skip
+
+
+def nest_flatten(result):
+    last, outputs, states = result
+    return [last, outputs, *states]
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_block_form_gradients_equal_keras_loop_and_large_form(graph):
+    """Gradients of inputs, every weight and the initial states, through the
+    op's own gradient op (BlockLSTMGradV2): Keras's loop over the cell's
+    `call` for x and the weights, the large (training) form for all."""
+    import tensorflow as tf
+
+    def gradients_of(fn, args):
+        if not graph:
+            return gradients(fn, args)
+        return tf.function(lambda *a: gradients(fn, a))(*[tf.constant(a) for a in args])
+
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 12)
+    h0, s0 = random((3, 5), 31), random((3, 5), 32)
+
+    def loss(form):
+        def fn(x, kernel, recurrent_kernel, bias, h0, s0):
+            last, outputs, (h_t, s_t) = kernels.lstm_sequence(
+                x, h0, s0, None, kernel, recurrent_kernel, bias,
+                return_sequences=True, form=form, training=True,
+            )  # fmt: skip
+            return weighted_sum(outputs) + ops.sum(s_t * s_t) + ops.sum(last)
+
+        return fn
+
+    args = [x, *weights, h0, s0]
+    got = gradients_of(loss("block"), args)
+    for g, w in zip(got, gradients(loss("large"), args), strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+    def block_only_outputs(x, *weights):
+        return kernel_loop("lstm", "block", None)(x, *weights)
+
+    got = gradients_of(block_only_outputs, [x, *weights])
+    want = gradients(keras_loop("lstm", layer, None), [x, *weights])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+    assert bool(tf.reduce_all(tf.math.is_finite(got[0])))
+
+
+@needs_tf
+@pytest.mark.parametrize(
+    "why,options,match",
+    [
+        ("mask", {"mask": np.ones((2, 3), bool)}, "no per-step mask"),
+        ("recurrent_dropout", {"recurrent_dropout_mask": np.ones((2, 5), "float32")},
+         "recurrent dropout"),
+        ("no_forget_gate", {"forget_gate": False}, "forget gate"),
+        ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
+        ("float64", {"dtype": "float64"}, "float32 only"),
+    ],
+)  # fmt: skip
+def test_block_form_refuses_what_it_does_not_compute(why, options, match):
+    options = dict(options)
+    dtype = options.pop("dtype", "float32")
+    n = 3 if options.get("forget_gate") is False else 4
+    x = ops.convert_to_tensor(random((2, 3, 4), 0).astype(dtype))
+    zeros = ops.zeros((2, 5), dtype)
+    weights = [
+        ops.convert_to_tensor(random(shape, 1).astype(dtype))
+        for shape in ((4, n * 5), (5, n * 5), (n * 5,))
+    ]
+    mask = options.pop("mask", None)
+    with pytest.raises(ValueError, match=rf"`form='block'` does not apply.*{match}"):
+        kernels.lstm_sequence(x, zeros, zeros, mask, *weights, form="block", **options)
+
+
+@needs_tf
+def test_block_form_refuses_xla():
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    compiled = tf.function(
+        lambda x: kernel_call("lstm", weights, x, "block")[0], jit_compile=True
+    )
+    with pytest.raises(ValueError, match="XLA has no kernel for BlockLSTMV2"):
+        compiled(tf.constant(random((1, 3, 4), 0)))
+
+
+@needs_tf
+def test_auto_picks_the_block_form_by_batch_and_mask(monkeypatch):
+    """Inference in the graph executor: "block" up to its batch, unmasked;
+    a mask or a larger batch takes the loop forms (with the oracle's values);
+    a dynamic batch traces every form and runs the one for its size."""
+    import tensorflow as tf
+
+    ran = []
+    original_block, original_scan = kernels._block_lstm, kernels._scan
+
+    def block_spy(*args):
+        ran.append("block")
+        return original_block(*args)
+
+    def scan_spy(step, init, inputs, mask, keep, form, training):
+        ran.append(form)
+        return original_scan(step, init, inputs, mask, keep, form, training)
+
+    monkeypatch.setattr(kernels, "_block_lstm", block_spy)
+    monkeypatch.setattr(kernels, "_scan", scan_spy)
+    layer = make_layer("lstm", 5, 4)
+    small_max = layer.fused_max_batch
+    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "large"
+    for batch, masked, form in [
+        (1, False, "block"),
+        (kernels.BLOCK_BATCH_MAX, False, "block"),
+        (1, True, "small"),
+        (kernels.BLOCK_BATCH_MAX + 1, False, above_block),
+        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "large"),
+    ]:  # fmt: skip
+        ran.clear()
+        x = random((batch, 6, 4), batch)
+        mask = np.ones((batch, 6), bool)
+        if masked:
+            mask[:, 4:] = False
+        got = tf.function(layer)(
+            tf.constant(x), mask=tf.constant(mask) if masked else None
+        )
+        assert ran == [form], (batch, masked)
+        want = reference("lstm", layer, x, mask=mask if masked else None)[1]
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    ran.clear()
+    dynamic = tf.function(
+        layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
+    )
+    for batch in (1, kernels.BLOCK_BATCH_MAX + 1, 40):
+        x = random((batch, 6, 4), batch)
+        got = dynamic(tf.constant(x))
+        np.testing.assert_allclose(
+            as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
+        )
+    assert "block" in ran and "large" in ran  # every form traced once
+
+
 # -- who runs the loop ------------------------------------------------------ #
 
 
@@ -269,7 +492,9 @@ def test_layers_take_the_compiled_form_under_xla(variant, monkeypatch):
     assert forms == [expected]
     forms.clear()
     tf.function(layer)(tf.constant(x))
-    assert forms == ["small"]
+    # The graph executor's LSTM at batch 1 is the "block" form (one op, no
+    # _scan); the GRU's the small form.
+    assert forms == ([] if variant == "lstm" else ["small"])
 
 
 class _MinimalGatedCell(GatedCell):
