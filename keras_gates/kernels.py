@@ -13,8 +13,19 @@ of its work inside the loop: it reads and casts the weights, slices the
 recurrent kernel into gate blocks, projects x_t, splits the pre-activations.
 These loops do the same equations with the work that does not depend on the
 state done once, before the loop. Which work that is depends on who runs the
-loop, so there are three forms (``LSTM_FORMS``, ``GRU_FORMS``; measured with
-``keras-gates bench``):
+loop, so there are three loop forms, and the LSTM has a fourth, one op
+(``LSTM_FORMS``, ``GRU_FORMS``; measured with ``keras-gates bench``):
+
+``"block"`` (the LSTM's): TensorFlow's graph executor, small batches,
+inference. The whole sequence is one ``tf.raw_ops.BlockLSTMV2``, TensorFlow's
+fused CPU LSTM op (a core op, so TF Serving runs it): no per-step op launches
+at all. Its weight is ``[kernel; recurrent_kernel]`` in Keras's own block
+order (the op's i, f, c, o), no peepholes, no cell clip, so it computes this
+package's LSTM exactly where it applies (``block_form_refusal``: sigmoid
+gates, tanh, the forget gate, float32, no per-step mask, no recurrent
+dropout). Its per-step product covers x_t and h_{t-1} together, which from
+about batch 8 costs more than the loop forms save. Its gradient is the op's
+own ``BlockLSTMGradV2`` (``_block_lstm_op``).
 
 ``"small"``: TensorFlow's graph executor, small batches, inference (serving
 is often batch 1). A step costs what its ops cost to launch (~5-10 us each in
@@ -61,9 +72,10 @@ where the small one was 1.14x; TensorFlow with XLA agreed within noise).
 under XLA, where it measured as fast as the compiled form: 0.84x of Keras's
 LSTM, 0.98x of its GRU(reset_after=False) at batch 64), and for inference
 the LSTM's ``"compiled"`` when the loop is being compiled (``compiled()``), else
-``"small"`` up to ``small_batch_max`` examples and ``"large"`` above (with a
-dynamic batch, as in a serving signature, both are traced and ``ops.cond``
-picks one at run time).
+by batch size: the LSTM's ``"block"`` up to ``block_batch_max`` examples where
+it applies, ``"small"`` up to ``small_batch_max``, ``"large"`` above (with a
+dynamic batch, as in a serving signature, every one of them is traced and
+``tf.switch_case`` / ``ops.cond`` picks one at run time).
 
 The GRU's candidate needs o_t first, so it cannot share one product with its
 gates; its weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
@@ -157,7 +169,7 @@ def lstm_sequence(
     training: bool = False,
     form: str = "auto",
     small_batch_max: int = 4,
-    block_batch_max: int = BLOCK_BATCH_MAX,
+    block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's LSTM over a whole sequence (module docstring).
 
@@ -184,7 +196,7 @@ def lstm_sequence(
             inference, with ``form="auto"``.
         block_batch_max: Largest batch that takes the ``"block"`` form at
             inference, with ``form="auto"``, where it applies (it goes before
-            ``"small"``).
+            ``"small"``); None: ``BLOCK_BATCH_MAX``.
 
     Returns:
         ``(last_output, outputs, [h_T, s_T])`` as ``keras.layers.RNN
@@ -279,7 +291,9 @@ def lstm_sequence(
     outputs = (return_sequences, zero_output_for_mask)
     batch_max = {"small": small_batch_max}
     if refusal is None:
-        batch_max["block"] = block_batch_max
+        batch_max["block"] = (
+            BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
+        )
     return _dispatch(run, x, mask, form, LSTM_FORMS, training, batch_max, outputs)
 
 

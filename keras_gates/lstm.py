@@ -315,10 +315,11 @@ class LSTM(GatedRNN):
     """
 
     extra_cell_arguments = ("unit_forget_bias", "forget_gate")
-    # Inference up to this batch takes the fast path's small-batch form
-    # (measured crossover at 100 steps x 64 features -> 128 units: it wins at
-    # batch 1 and 2, ties at 4, the large-batch form wins from batch 8).
-    fused_max_batch = 4
+    # Inference up to this batch takes the fast path's small-batch form (where
+    # the "block" form, kernels.BLOCK_BATCH_MAX, does not take it first):
+    # measured at 100 steps x 64 features -> 128 units, it beats the
+    # large-batch form at batch 8 and 16, the large one wins from batch 32.
+    fused_max_batch = 16
 
     def __init__(
         self,
