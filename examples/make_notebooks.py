@@ -52,6 +52,18 @@ if "google.colab" in sys.modules and not os.path.exists("corpora.py"):
     os.chdir("keras_gates/examples")"""
 
 
+# What every notebook says about Colab's GPU runtime (keras_gates/cudnn.py).
+GPU_RUNTIME = (
+    "**On a GPU** (Colab: *Runtime > Change runtime type > T4 GPU*): "
+    "`keras_gates.LSTM` runs cuDNN's LSTM, the kernel `keras.layers.LSTM` runs "
+    "(the same weights and maths; pass `use_cudnn=False` to keep the package's "
+    "own loop), and `keras_gates.GRU`, which no cuDNN kernel computes, runs its "
+    "own loop (XLA-compiled with `jit_compile=True`). Gate traces always run "
+    "step by step, and serving exports never hold a cuDNN op, so they load on "
+    "a CPU-only TF Serving. The CPU runtime runs every example too, slower."
+)
+
+
 def notebook(stem: str) -> nbformat.NotebookNode:
     script = HERE / f"{stem}.py"
     nb = jupytext.read(script, fmt="py:percent")
@@ -69,7 +81,7 @@ def notebook(stem: str) -> nbformat.NotebookNode:
         for p in APT.get(stem, [])
     )
     intro = nbformat.v4.new_markdown_cell(
-        f"# {title}\n\n{badge}\n\n{description}\n\n"
+        f"# {title}\n\n{badge}\n\n{description}\n\n{GPU_RUNTIME}\n\n"
         f"*Generated from `examples/{stem}.py` by `examples/make_notebooks.py`.*"
     )
     install = nbformat.v4.new_code_cell(INSTALL.format(repository=REPOSITORY, apt=apt))

@@ -139,6 +139,29 @@ for name in ["Nowak", "Virtanen", "Papadopoulos", "Okonkwo", "Hoffmann"]:
     print(f"{name:>14}: {guesses}")
 
 # %% [markdown]
+# ## The gates, letter by letter
+#
+# `keras_gates.GateView` colours each letter of a few names by a gate of the
+# better model, with its three likeliest countries under each name: switch the
+# quantity and the unit, hover a letter for every gate there. Padding after
+# a name is masked (grey): the layer does not read it.
+
+# %%
+view_names = ["Nowak", "Virtanen", "Papadopoulos", "Okonkwo"]
+view = keras_gates.GateView(
+    model,
+    encode(view_names),
+    vocabulary=["", "?", *CHARS],  # id 0 padding, 1 unknown
+    labels=COUNTRIES,
+)
+OUT.mkdir(parents=True, exist_ok=True)
+print(f"gate view: {view.save(OUT / 'name_nationality_gate_view.html')}")
+if "ipykernel" in sys.modules:  # a notebook shows the view inline
+    from IPython.display import display
+
+    display(view)
+
+# %% [markdown]
 # ## Confusion matrix
 #
 # Row: the true country; column: the predicted one; each row sums to 1. Mass

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_gates
-from keras_gates.verify import run_signatures
+from keras_gates.serving.verify import run_signatures
 
 keras.utils.set_random_seed(42)
 TINY = corpora.TINY

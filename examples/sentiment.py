@@ -284,6 +284,29 @@ for name, p_t in per_step.items():
     print(f"{name} crosses 0.5 at: {turns or 'nowhere'}")
 
 # %% [markdown]
+# ## The gates on the text
+#
+# `keras_gates.GateView` colours every word by a gate of the trained LSTM: the
+# lectures' review and three movie sentences of the test set, with the
+# model's answer under each. The switch picks the quantity (`i_t`, `f_t`,
+# `o_t`, `|s_t - s_{t-1}|`, `s_t`, `h_t`), the picker the mean over units or
+# one unit (listed by how much it moves); hovering a word shows every gate
+# there. The page is also saved on its own (`sentiment_gate_view.html`, opens
+# offline).
+
+# %%
+movie_test = tf.boolean_mask(test_texts, test_domains == DOMAINS[0])
+view_texts = [REVIEW, *(t.decode() for t in movie_test[:3].numpy())]
+view = keras_gates.GateView(
+    lstm, view_texts, layer="lstm", labels=["negative", "positive"]
+)
+print(f"gate view: {view.save(OUT / 'sentiment_gate_view.html')}")
+if "ipykernel" in sys.modules:  # a notebook shows the view inline
+    from IPython.display import display
+
+    display(view)
+
+# %% [markdown]
 # ## Gate statistics over the test set
 #
 # Every test sentence, every word it reads (padding and out-of-vocabulary

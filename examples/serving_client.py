@@ -27,7 +27,7 @@ requests go through TF Serving's own C++ loader instead.
 #
 # then run this script with `--server localhost`. Without `--server` it runs
 # dry: it builds every request, prints it, and runs it through TF Serving's
-# C++ loader (`keras_gates.verify.run_signatures`) if the export exists here.
+# C++ loader (`keras_gates.serving.verify.run_signatures`) if the export exists here.
 # If there is no export yet it makes a small untrained one in a temporary folder.
 
 # %% [markdown]
@@ -164,7 +164,7 @@ if not DRY:
     print("step by step ->", answer["outputs"])
     sys.exit(0)
 
-from keras_gates.verify import FromRequest, run_signatures
+from keras_gates.serving.verify import FromRequest, run_signatures
 
 model_dir = Path(args.base) / args.name
 versions = sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit())

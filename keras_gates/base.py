@@ -6,7 +6,7 @@ plumbing around them so each cell's ``call`` reads like its equations:
 - ``GatedCell``: resolves and validates the constructor arguments that
   ``keras.layers.LSTMCell`` / ``GRUCell`` take, creates ``kernel``,
   ``recurrent_kernel`` and ``bias`` exactly as the built-in cell does (same
-  names, shapes and gate-block order, SPEC §1), loads checkpoints with checks
+  names, shapes and gate-block order, lstm.py / gru.py), loads checkpoints with checks
   that say why one does not fit (and converts files written in this package's
   earlier "lecture" block order), and keeps one dropout mask per sequence
   (fixed across time steps, as in Keras).
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, keras_internals
+from keras_gates import keras_internals, validation
 
 # The argument names a gated cell shares with keras.layers.LSTMCell/GRUCell;
 # the layers expose each of them as a read-only attribute.
@@ -56,10 +56,13 @@ WEIGHT_LAYOUTS = ("keras", "lecture")
 
 
 class DropoutMasks:
-    """One input mask and one recurrent mask per sequence, reused at every step.
+    """The input and recurrent dropout masks of a sequence, reused at every step.
 
-    Variational dropout (Gal & Ghahramani, 2016), as Keras does it: the mask is
-    drawn once per call of the RNN layer and applied at every time step. The
+    Variational dropout (Gal & Ghahramani, 2016), as Keras does it: the masks
+    are drawn once per call of the RNN layer and applied at every time step;
+    one mask each, or one per gate block when ``recurrent_dropout > 0``
+    (``dropout_mask_count``), the draws of ``keras.layers.LSTMCell`` /
+    ``GRUCell`` with the same seed. The
     RNN layer asks for the masks before its loop (``get_dropout_mask``) and
     drops them after (``reset_dropout_mask``); a cell never draws inside the
     loop, which keeps the loop body free of random ops and side effects.
@@ -107,11 +110,30 @@ class DropoutMasks:
     def reset_recurrent_dropout_mask(self):
         self._recurrent_dropout_mask = None
 
+    @property
+    def dropout_mask_count(self) -> int | None:
+        """How many masks each draw makes: one per gate block, or None for one.
+
+        As ``keras.layers.LSTMCell`` / ``GRUCell``: with ``recurrent_dropout
+        > 0`` they switch to implementation 1 and draw, for the input and for
+        the recurrent state each, one mask per gate block (in the weights'
+        block order: LSTM i, f, c, o; GRU z, r, h), the input's first. With
+        the same seed the masks are then the built-ins' own, and a model
+        trains as the built-in model does.
+        """
+        return self.num_gate_blocks if self.recurrent_dropout > 0 else None
+
     def _draw_mask(self, like, rate):
-        # Inverted dropout: kept units are scaled by 1 / (1 - rate).
-        return keras.random.dropout(
-            ops.ones_like(like), rate=rate, seed=self.seed_generator
-        )
+        # Inverted dropout: kept units are scaled by 1 / (1 - rate). The same
+        # draws, in the same order, as Keras's DropoutRNNCell.
+        ones = ops.ones_like(like)
+        count = self.dropout_mask_count
+        if count is None:
+            return keras.random.dropout(ones, rate=rate, seed=self.seed_generator)
+        return [
+            keras.random.dropout(ones, rate=rate, seed=self.seed_generator)
+            for _ in range(count)
+        ]
 
 
 class _SeedStateSaver(keras.layers.Layer):
@@ -156,7 +178,7 @@ class GatedCell(
       the GRU;
     - ``gate_names``: the gates a trace reports, in the lecture's names;
     - ``weight_blocks``: the built-in's gate blocks of ``kernel``, in order
-      (SPEC §1).
+      (lstm.py, gru.py).
 
     They implement ``call`` (one step, the readable equations) and
     ``lecture_to_keras`` (the earlier block order, converted), and may add a
@@ -200,11 +222,11 @@ class GatedCell(
                 f"`weight_layout` must be one of {WEIGHT_LAYOUTS}; received "
                 f"{weight_layout!r}."
             )
-        units = checks.positive_int("units", units)
-        use_bias = checks.boolean("use_bias", use_bias)
-        dropout = checks.rate("dropout", dropout)
-        recurrent_dropout = checks.rate("recurrent_dropout", recurrent_dropout)
-        seed = checks.optional_seed("seed", seed)
+        units = validation.positive_int("units", units)
+        use_bias = validation.boolean("use_bias", use_bias)
+        dropout = validation.rate("dropout", dropout)
+        recurrent_dropout = validation.rate("recurrent_dropout", recurrent_dropout)
+        seed = validation.optional_seed("seed", seed)
         resolved = {
             "activation": (activation, keras.activations.get),
             "recurrent_activation": (recurrent_activation, keras.activations.get),
@@ -219,7 +241,7 @@ class GatedCell(
             "bias_constraint": (bias_constraint, keras.constraints.get),
         }
         resolved = {
-            name: checks.resolved(name, value, getter)
+            name: validation.resolved(name, value, getter)
             for name, (value, getter) in resolved.items()
         }
         super().__init__(**kwargs)
@@ -406,27 +428,53 @@ class GatedCell(
         return self.bias_initializer
 
     def dropped_inputs(self, inputs, training):
-        """x_t with this sequence's input dropout mask applied (training only)."""
+        """x_t with this sequence's input dropout mask applied (training only).
+
+        A list (one x_t per gate block, block order) when the masks are drawn
+        per block (``dropout_mask_count``), else one tensor.
+        """
         if training and self.dropout > 0:
             mask = self.get_dropout_mask(inputs)
             if mask is not None:
-                return inputs * ops.cast(mask, inputs.dtype)
+                return _apply_masks(inputs, mask)
         return inputs
 
     def dropped_state(self, state, training):
-        """The recurrent input (h_{t-1} or s_{t-1}) with its dropout mask."""
+        """The recurrent input (h_{t-1} or s_{t-1}) with its dropout mask(s),
+        as ``dropped_inputs`` (a list per gate block, or one tensor)."""
         if training and self.recurrent_dropout > 0:
             mask = self.get_recurrent_dropout_mask(state)
             if mask is not None:
-                return state * ops.cast(mask, state.dtype)
+                return _apply_masks(state, mask)
         return state
 
+    def block_columns(self, j: int) -> slice:
+        """The columns of gate block `j` in kernel, recurrent_kernel and bias."""
+        return slice(j * self.units, (j + 1) * self.units)
+
     def gate_blocks(self, x_t, state_tm1):
-        """U x_t + W state_{t-1} + b for every gate block, split by gate."""
-        z = ops.matmul(x_t, self.kernel) + ops.matmul(state_tm1, self.recurrent_kernel)
-        if self.use_bias:
-            z = z + self.bias
-        return ops.split(z, self.num_gate_blocks, axis=-1)  # each (batch, units)
+        """U x_t + W state_{t-1} + b for every gate block, split by gate.
+
+        `x_t` and `state_tm1` are tensors, or lists with one (dropped) tensor
+        per gate block (``dropped_inputs``); then each block takes its own.
+        """
+        if not isinstance(x_t, list) and not isinstance(state_tm1, list):
+            z = ops.matmul(x_t, self.kernel) + ops.matmul(
+                state_tm1, self.recurrent_kernel
+            )
+            if self.use_bias:
+                z = z + self.bias
+            return ops.split(z, self.num_gate_blocks, axis=-1)  # (batch, units) each
+        n = self.num_gate_blocks
+        xs = x_t if isinstance(x_t, list) else [x_t] * n
+        hs = state_tm1 if isinstance(state_tm1, list) else [state_tm1] * n
+        blocks = []
+        for j in range(n):
+            c = self.block_columns(j)
+            a = ops.matmul(xs[j], self.kernel[:, c])
+            a = a + ops.matmul(hs[j], self.recurrent_kernel[:, c])
+            blocks.append(a + self.bias[c] if self.use_bias else a)
+        return blocks
 
     def get_config(self):
         config = {
@@ -465,6 +513,13 @@ class GatedCell(
         return cls(**{"weight_layout": "lecture", **config})
 
 
+def _apply_masks(value, mask):
+    """`value` times a dropout mask, or one product per mask of a list."""
+    if isinstance(mask, (list, tuple)):
+        return [value * ops.cast(m, value.dtype) for m in mask]
+    return value * ops.cast(mask, value.dtype)
+
+
 def _cell_attribute(name: str) -> property:
     return property(
         lambda self: getattr(self.cell, name),
@@ -500,14 +555,14 @@ class GatedRNN(keras.layers.RNN):
 
     def __init__(self, cell: GatedCell, activity_regularizer=None, **kwargs):
         # Keras's deprecated kernel-layout switch: accepted for drop-in use, and
-        # meaningless here (the built-ins' variables, SPEC §1).
+        # meaningless here (the built-ins' variables: lstm.py, gru.py).
         kwargs.pop("implementation", None)
         for name in self.layer_arguments:
             if name in kwargs:
-                kwargs[name] = checks.boolean(name, kwargs[name])
+                kwargs[name] = validation.boolean(name, kwargs[name])
         super().__init__(
             cell,
-            activity_regularizer=checks.resolved(
+            activity_regularizer=validation.resolved(
                 "activity_regularizer", activity_regularizer, keras.regularizers.get
             ),
             **kwargs,
@@ -531,21 +586,21 @@ class GatedRNN(keras.layers.RNN):
     def _check_call(self, sequences, initial_state, mask):
         name = f"{type(self).__name__} layer '{self.name}'"
         shape = tuple(sequences.shape)
-        checks.sequence_inputs(
+        validation.sequence_inputs(
             shape,
             keras.backend.standardize_dtype(sequences.dtype),
             self.cell.kernel.shape[0] if self.cell.built else None,
             owner=name,
         )
         if mask is not None:
-            checks.sequence_mask(tuple(mask.shape), shape, owner=name)
+            validation.sequence_mask(tuple(mask.shape), shape, owner=name)
         if initial_state is not None:
             states = (
                 list(initial_state)
                 if isinstance(initial_state, (list, tuple))
                 else [initial_state]
             )
-            checks.initial_states(
+            validation.initial_states(
                 [tuple(ops.shape(state)) for state in states],
                 self.num_states,
                 shape[0],

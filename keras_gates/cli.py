@@ -8,9 +8,17 @@
 `demo` and `bench` live in the modules named for them (`add_arguments(parser)`,
 `run(args) -> int`); the serving commands' arguments are parsed here and run
 `keras_gates.serving`. A subcommand's module is imported only when it runs.
-The C++ loader check itself runs in a child process that never imports
-TensorFlow's Python package (the report says so); this process imports the
-package, and with it Keras, like any other subcommand.
+
+In the console script (`keras-gates`, setup.cfg's entry point) the package's
+imports wait (see `keras_gates/__init__.py`): `--help`, bad usage and this
+module import neither Keras nor TensorFlow, and answer at once. Before
+a subcommand runs, `prepare()` imports TensorFlow with the C++ start-up lines
+it writes to stderr filtered out (`BANNER`), then the whole package.
+
+Exit status: 0 done; 1 the job failed (its reason on stderr; a failed check's
+report on stdout); 2 bad usage (one line on stderr, nothing run). The C++
+loader check itself runs in a child process that never imports TensorFlow's
+Python package.
 """
 
 from __future__ import annotations
@@ -19,9 +27,78 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
+
+# What TensorFlow's C++ side writes to stderr while it is imported: absl's note
+# (TF 2.21 logs through absl, before absl is initialized, so
+# TF_CPP_MIN_LOG_LEVEL no longer filters these lines; TF 2.20 honours it, but
+# still prints its cuInit error on a machine without a GPU), info lines (oneDNN,
+# CUDA probing, CPU features), and the CUDA plugins' warnings and errors on a
+# machine without a GPU or with several registrations. Anything else is kept.
+BANNER = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    # absl's prefix (TF 2.21): I0000 00:00:1796290208.491952    6308 port.cc:153]
+    r"|^I\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    r"|^[WE]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"(cuda|cuDNN|cuFFT|cuBLAS|cuInit|TensorRT|GPU will not be used)"
+    # TensorFlow's own prefix (TF 2.20): 2026-12-03 10:21:39.698966: I tensorflow/...]
+    r"|^\d{4}-\d\d-\d\d [\d:.]+: I \S+:\d+\]"
+    r"|^\d{4}-\d\d-\d\d [\d:.]+: [WE] \S+:\d+\] .*"
+    r"(cuda|cuDNN|cuFFT|cuBLAS|cuInit|TensorRT|GPU will not be used)"
+    r"|^To enable the following instructions: .*rebuild TensorFlow"
+    r"|^TF-TRT Warning: Could not find TensorRT"
+)
+
+
+def _error(command: str, message: str) -> None:
+    """One line on stderr: why `keras-gates COMMAND` failed."""
+    print(f"keras-gates {command}: {message}", file=sys.stderr)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices with the C++ start-up lines
+    (`BANNER`) left out.
+
+    Those lines are written to file descriptor 2 by C++ code, below Python's
+    `sys.stderr`: the descriptor points at a temporary file while TensorFlow
+    is imported, and what is not banner is written to stderr afterwards
+    (Python warnings, errors). Nothing happens if TensorFlow is imported.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            # the devices are looked for (CUDA probed) on first use, not at import
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if not BANNER.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def prepare() -> None:
+    """What a subcommand needs before it runs: TensorFlow, imported quietly,
+    and every keras_gates class (registered with Keras, so `.keras` files of
+    keras_gates layers load)."""
+    import_tensorflow_quietly()
+    import keras_gates
+
+    keras_gates.import_all()
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,21 +154,21 @@ def _run_export(args: argparse.Namespace) -> int:
             jit_compile=args.jit_compile,
         )
     except (FileExistsError, ValueError, TypeError, RuntimeError, ImportError) as error:
-        print(f"keras-gates export: {error}")
+        _error("export", str(error))
         return 1
     except zipfile.BadZipFile as error:
-        print(f"keras-gates export: {args.model} is not a valid .keras file: {error}")
+        _error("export", f"{args.model} is not a valid .keras file: {error}")
         return 1
     except OSError as error:
         filename = getattr(error, "filename", None)
         reason = error.strerror or str(error)
         if filename is not None and _same_file(filename, args.model):
-            print(f"keras-gates export: cannot read {args.model}: {reason}")
+            _error("export", f"cannot read {args.model}: {reason}")
         else:
             where = f" ({filename})" if filename else ""
-            print(
-                f"keras-gates export: cannot write the export under --base "
-                f"{args.base}{where}: {reason}"
+            _error(
+                "export",
+                f"cannot write the export under --base {args.base}{where}: {reason}",
             )
         return 1
     print(f"Exported {args.model} to {target}")
@@ -109,7 +186,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency",
-        type=int,
+        type=_positive_steps,
         default=None,
         metavar="STEPS",
         help="also time serving_default at batch 1 on STEPS time steps (median "
@@ -117,25 +194,33 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_steps(text: str) -> int:
+    """`--latency STEPS`: a positive integer (argparse reports anything else as
+    bad usage, exit status 2)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of time steps; received {text!r}"
+        )
+    return steps
+
+
 def _run_verify(args: argparse.Namespace) -> int:
     """Run `keras-gates verify`; returns 0 when every check passed, else 1."""
     from keras_gates.serving.verify import latency_of_export, verify_saved_model
 
-    if args.latency is not None and args.latency < 1:
-        print(
-            "keras-gates verify: --latency must be a positive number of time "
-            f"steps; received {args.latency}."
-        )
-        return 1
     try:
         report = verify_saved_model(args.path, args.model)
     except (TypeError, ValueError) as error:
-        print(f"keras-gates verify: {error}")
+        _error("verify", str(error))
         return 1
     except OSError as error:  # --model names no readable file
         reason = error.strerror or str(error)
         where = error.filename or args.model
-        print(f"keras-gates verify: cannot read {where}: {reason}")
+        _error("verify", f"cannot read {where}: {reason}")
         return 1
     print(report.text())
     if report.ok and args.latency is not None:
@@ -185,6 +270,11 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `keras-gates ARGV`; returns the exit status (see the module's).
+
+    `--help` and bad usage are answered by argparse (SystemExit 0 or 2) before
+    anything is imported.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
@@ -193,10 +283,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"
             )
-        parser.print_help()
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        if argv and argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        parser.print_usage(sys.stderr)
+        print("keras-gates: error: a command is required", file=sys.stderr)
+        return 2
     parser = build_parser(load=command)
     args = parser.parse_args(argv)
+    prepare()
     return int(_command(command)[1](args) or 0)
 
 

@@ -1,6 +1,6 @@
 """Moving between keras_gates layers and the Keras built-ins.
 
-The cells store exactly the built-ins' variables (SPEC §1): same names,
+The cells store exactly the built-ins' variables (lstm.py, gru.py): same names,
 shapes and gate-block order, the GRU's update gate z included (the lecture's
 i_t = 1 - z_t is computed in the cell's ``call``). So
 
@@ -43,7 +43,7 @@ def from_keras(layer: keras.layers.Layer) -> LSTM | GRU:
     """The keras_gates layer equivalent to a ``keras.layers.LSTM`` or ``GRU``.
 
     Same configuration (name included) and the same weights (the variables
-    are the built-in's, SPEC §1); a stateful layer's current state is copied
+    are the built-in's: lstm.py, gru.py); a stateful layer's current state is copied
     too. Outputs are equal.
 
     Args:

@@ -508,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         for key, path in export["paths"].items():
             print(f"Exported {key} for TF Serving: {path}")
         for key, error in export.get("errors", {}).items():
-            print(f"Export of {key} failed: {error}")
+            print(f"Export of {key} failed: {error}", file=sys.stderr)
         if export.get("errors"):
             return 1
     else:

@@ -53,11 +53,20 @@ class GRUCell(GatedCell):
         kernel_regularizer, recurrent_regularizer, bias_regularizer,
         kernel_constraint, recurrent_constraint, bias_constraint: As in
             ``keras.layers.GRUCell``.
-        dropout: Fraction in [0, 1) of x_t to drop, one mask per sequence.
+        dropout: Fraction in [0, 1) of x_t to drop, one mask per sequence
+            (one per gate block when ``recurrent_dropout > 0``).
         recurrent_dropout: Fraction in [0, 1) of s_{t-1} to drop where it
             enters the gates and the candidate (never in the carry
-            (1 - i_t) * s_{t-1}), one mask per sequence.
-        seed: Integer seed for the dropout masks.
+            (1 - i_t) * s_{t-1}), one mask per gate block and sequence.
+        seed: Integer seed for the dropout masks. The masks are drawn as
+            ``keras.layers.GRUCell`` draws them (the input's, then
+            s_{t-1}'s; with ``recurrent_dropout > 0`` one per block z, r, h
+            each), so with the same seed and weights training equals the
+            built-in ``GRU(reset_after=False)``'s. Where it does not: an
+            inference call between training steps (e.g. ``fit``'s
+            validation) moves the built-in's seed state and not this cell's;
+            and ``implementation=1`` with ``recurrent_dropout=0`` (the
+            built-in then draws per-block input masks, this cell one).
         weight_layout: The block order of the weights this cell loads next:
             ``"keras"`` (default; what it builds and saves) or ``"lecture"``
             for files written by keras_gates 0.1 ([o | i | s~], i's blocks
@@ -168,19 +177,36 @@ class GRUCell(GatedCell):
         u = self.units
 
         # The weights' (Keras's) blocks: [z | o | s~] (Keras's z, r, h).
-        ux = ops.matmul(x_t, self.kernel)  # (batch, 3 * units): U_z x, U_o x, U x
-        if self.use_bias:
-            ux = ux + self.bias
-        ux_z, ux_o, ux_s = ops.split(ux, 3, axis=-1)
-        ws_z, ws_o = ops.split(
-            ops.matmul(s_tm1_in, self.recurrent_kernel[:, : 2 * u]), 2, axis=-1
-        )
+        if isinstance(x_t, list) or isinstance(s_tm1_in, list):
+            # One dropout mask per block (recurrent_dropout > 0, as Keras's
+            # implementation 1): each block reads its own dropped x_t, s_{t-1}.
+            xs = x_t if isinstance(x_t, list) else [x_t] * 3
+            ss = s_tm1_in if isinstance(s_tm1_in, list) else [s_tm1_in] * 3
+            ux_z, ux_o, ux_s = (
+                ops.matmul(xs[j], self.kernel[:, self.block_columns(j)])
+                + (self.bias[self.block_columns(j)] if self.use_bias else 0.0)
+                for j in range(3)
+            )
+            ws_z, ws_o = (
+                ops.matmul(ss[j], self.recurrent_kernel[:, self.block_columns(j)])
+                for j in range(2)
+            )
+            s_in_candidate = ss[2]
+        else:
+            ux = ops.matmul(x_t, self.kernel)  # (batch, 3 * units): U_z x, U_o x, U x
+            if self.use_bias:
+                ux = ux + self.bias
+            ux_z, ux_o, ux_s = ops.split(ux, 3, axis=-1)
+            ws_z, ws_o = ops.split(
+                ops.matmul(s_tm1_in, self.recurrent_kernel[:, : 2 * u]), 2, axis=-1
+            )
+            s_in_candidate = s_tm1_in
 
         o_t = self.recurrent_activation(ws_o + ux_o)
         z_t = self.recurrent_activation(ws_z + ux_z)
         i_t = 1 - z_t
         s_tilde_t = self.activation(
-            ops.matmul(o_t * s_tm1_in, self.recurrent_kernel[:, 2 * u :]) + ux_s
+            ops.matmul(o_t * s_in_candidate, self.recurrent_kernel[:, 2 * u :]) + ux_s
         )
         s_t = z_t * s_tm1 + i_t * s_tilde_t  # z_t = 1 - i_t, the forget gate
         new_states = [s_t] if nested else s_t

@@ -5,13 +5,19 @@ pictures, answered here with numbers:
 
 - What did each gate do at each step? ``trace_gates`` runs a keras_gates
   layer over a batch and returns, for every step t and unit, the LSTM's
-  o_t, i_t, f_t, s~_t, s_t, h_t or the GRU's o_t, i_t, s~_t, s_t (SPEC §1).
+  o_t, i_t, f_t, s~_t, s_t, h_t or the GRU's o_t, i_t, s~_t, s_t (lstm.py, gru.py).
   The numbers come from the layer's own cell (its ``call(...,
   return_gates=True)``) run by ``keras.layers.RNN``'s own loop, with the
   layer's weights, ``go_backwards``, ``unroll`` and initial state (in a
   model: the state the model feeds the layer, e.g. an encoder's final
   [h, s]), and the RNN's mask rule (a masked step keeps the state): the same
   arithmetic as the layer's step, not a re-implementation that can drift.
+- Which layer? In a model, ``trace_gates``, ``gate_statistics`` and
+  ``GateMonitor`` find a layer one way (``find_gated_layers``): by name, by
+  its tag under sub-models (``"encoder/lstm"``), each direction of a
+  ``keras.layers.Bidirectional`` (``"bi/forward"``, ``"bi/backward"``), by
+  index or object, and feed it what the model feeds it (sequences, mask,
+  initial state).
 - Do gradients survive the distance? ``gradient_flow`` measures
   ||d loss_T / d x_k|| for every earlier step k: the vanishing-gradient
   picture (Bengio et al., 1994; Pascanu et al., 2013), measured on any
@@ -34,6 +40,7 @@ Mitesh M. Khapra, CS7015 Deep Learning, lecture 14.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Any
 
@@ -41,10 +48,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, keras_internals
+from keras_gates import keras_internals, validation
 from keras_gates.base import GatedCell
 
-__all__ = ["gate_names", "gate_sequences", "gradient_flow", "trace_gates"]
+__all__ = [
+    "GatedLayer",
+    "find_gated_layer",
+    "find_gated_layers",
+    "gate_names",
+    "gate_sequences",
+    "gated_layers",
+    "gradient_flow",
+    "trace_gates",
+]
 
 
 def gate_names(layer: Any) -> tuple[str, ...]:
@@ -135,8 +151,10 @@ def _gated_cell(layer: Any, argument: str) -> GatedCell:
     if isinstance(layer, keras.layers.Bidirectional):
         raise TypeError(
             f"`{argument}` must be one keras_gates LSTM/GRU layer; received a "
-            f"Bidirectional wrapper '{layer.name}'. Trace its `forward_layer` and "
-            f"`backward_layer` one at a time."
+            f"Bidirectional wrapper '{layer.name}', which holds two. Pass a model "
+            f"holding it with layer='{layer.name}/forward' or "
+            f"'{layer.name}/backward' (the model feeds it its mask and state), "
+            f"or its `forward_layer` / `backward_layer` with their inputs."
         )
     raise TypeError(
         f"`{argument}` must be a keras_gates LSTM/GRU layer (or a keras.layers.RNN "
@@ -187,6 +205,9 @@ def gate_sequences(
         initial_state: Optional list of (batch, units) tensors, as the layer
             takes it ([h_0, s_0] for the LSTM, [s_0] for the GRU). Default:
             zeros, or the current state of a stateful layer (left unchanged).
+            A stateful layer's state has its fixed batch B: other numbers of
+            sequences are traced B at a time, sequence n from row n mod B of
+            the state (the stream it would continue).
             (``trace_gates`` on a model passes the state the model feeds.)
         masked_value: What the gates (not ``s``/``h``) read at masked steps.
             Default NaN; use 0.0 where NaN cannot travel (JSON).
@@ -202,6 +223,20 @@ def gate_sequences(
     >>> tuple(gates["f"].shape)
     (2, 5, 4)
     """
+    return _gate_sequences(layer, inputs, mask, initial_state, masked_value)[0]
+
+
+def _stateful_states(layer: Any) -> list | None:
+    """A stateful layer's carried states, or None."""
+    if getattr(layer, "stateful", False) and getattr(layer, "states", None):
+        return [ops.convert_to_tensor(state) for state in layer.states]
+    return None
+
+
+def _gate_sequences(
+    layer: Any, inputs: Any, mask: Any, initial_state: Any, masked_value: float
+) -> tuple[dict[str, Any], list]:
+    """``gate_sequences``, and the initial states it started from."""
     cell = _gated_cell(layer, "layer")
     if not cell.built:
         raise ValueError(
@@ -212,7 +247,7 @@ def gate_sequences(
     names = gate_names(cell)
     inputs = ops.convert_to_tensor(inputs)
     shape = tuple(inputs.shape)
-    checks.sequence_inputs(
+    validation.sequence_inputs(
         shape,
         keras.backend.standardize_dtype(inputs.dtype),
         int(cell.kernel.shape[0]),
@@ -221,10 +256,39 @@ def gate_sequences(
     )
     inputs = ops.cast(inputs, cell.compute_dtype)
     batch = ops.shape(inputs)[0]
+    if mask is not None:
+        mask = ops.cast(ops.convert_to_tensor(mask), "bool")
+        validation.sequence_mask(tuple(mask.shape), shape)
 
     if initial_state is None:
-        if getattr(layer, "stateful", False) and getattr(layer, "states", None):
-            initial_state = [ops.convert_to_tensor(s) for s in layer.states]
+        carried = _stateful_states(layer)
+        fixed = None if carried is None else int(carried[0].shape[0])
+        if fixed is not None and shape[0] is not None and shape[0] != fixed:
+            # The state's fixed batch: B sequences at a time, each chunk from
+            # the carried state's first rows.
+            pieces = []
+            for start in range(0, shape[0], fixed):
+                stop = min(start + fixed, shape[0])
+                pieces.append(
+                    _gate_sequences(
+                        layer,
+                        inputs[start:stop],
+                        None if mask is None else mask[start:stop],
+                        [state[: stop - start] for state in carried],
+                        masked_value,
+                    )
+                )
+            trace = {
+                name: ops.concatenate([piece[0][name] for piece in pieces], axis=0)
+                for name in pieces[0][0]
+            }
+            states = [
+                ops.concatenate([piece[1][k] for piece in pieces], axis=0)
+                for k in range(len(carried))
+            ]
+            return trace, states
+        if carried is not None:
+            initial_state = carried
         else:
             initial_state = [
                 ops.zeros((batch, cell.units), dtype=cell.compute_dtype)
@@ -234,16 +298,12 @@ def gate_sequences(
         ops.cast(ops.convert_to_tensor(s), cell.compute_dtype)
         for s in _as_state_list(initial_state)
     ]
-    checks.initial_states(
+    validation.initial_states(
         [tuple(state.shape) for state in initial_state],
         len(_as_state_list(cell.state_size)),
         shape[0],
         cell.units,
     )
-    if mask is not None:
-        mask = ops.cast(ops.convert_to_tensor(mask), "bool")
-        checks.sequence_mask(tuple(mask.shape), shape)
-
     masked = mask is not None
     if masked:
         # The mask travels as the last feature; the tracing cell applies it.
@@ -258,44 +318,194 @@ def gate_sequences(
     pieces = ops.split(stacked, len(names), axis=-1)
     trace = dict(zip(names, pieces, strict=True))
     if not masked:
-        return trace
+        return trace, initial_state
     # The gates of a masked step are computed but not used: say so.
     keep = mask[:, :, None]  # (batch, time, 1)
     for name in names:
         if name not in cell.state_names:
             fill = ops.full_like(trace[name], masked_value)
             trace[name] = ops.where(keep, trace[name], fill)
-    return trace
+    return trace, initial_state
 
 
-def _find_layer(model: keras.Model, layer: Any) -> Any:
-    if isinstance(layer, str):
-        try:
-            return model.get_layer(name=layer)
-        except ValueError:
-            names = [sub.name for sub in model.layers]
-            raise ValueError(
-                f"`layer` must name a layer of model '{model.name}' (one of "
-                f"{names}); received {layer!r}."
-            ) from None
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        if not -len(model.layers) <= layer < len(model.layers):
-            raise ValueError(
-                f"`layer` must be an index into model.layers (length "
-                f"{len(model.layers)}); received {layer}."
-            )
-        return model.layers[layer]
-    if isinstance(layer, keras.layers.Layer):
-        if not any(sub is layer for sub in model.layers):
-            raise ValueError(
-                f"`layer` must be one of model '{model.name}'s layers; received "
-                f"layer '{layer.name}', which is not in it."
-            )
-        return layer
-    raise TypeError(
-        f"`layer` must be a layer name (str), an index (int) or a layer of the "
-        f"model; received {type(layer).__name__} {layer!r}."
+@dataclasses.dataclass(frozen=True, eq=False)
+class GatedLayer:
+    """A keras_gates layer found in a model, and the way the model reaches it.
+
+    Attributes:
+        tag: Its unique name in the model: the layer's name, under its
+            sub-models' names (``"encoder/lstm"``); a direction of a
+            ``keras.layers.Bidirectional`` is ``"<wrapper>/<its layer>"``
+            (``"bi/forward_lstm"``).
+        layer: The ``keras.layers.RNN`` over a keras_gates cell.
+        wrapper: Its ``Bidirectional``, or None.
+        direction: ``"forward"`` or ``"backward"`` in a wrapper, else None.
+        path: The sub-models from the model down to the layer (or wrapper).
+    """
+
+    tag: str
+    layer: Any
+    wrapper: Any = None
+    direction: str | None = None
+    path: tuple = ()
+
+    @property
+    def called(self) -> Any:
+        """The layer the model calls: the wrapper, or the layer itself."""
+        return self.layer if self.wrapper is None else self.wrapper
+
+    def names(self) -> set[str]:
+        """Every string that selects this target (``find_gated_layers``)."""
+        names = {self.tag, self.layer.name}
+        if self.wrapper is not None:
+            prefix = self.tag.rsplit("/", 1)[0]  # the wrapper's tag
+            for head in (prefix, self.wrapper.name):
+                names |= {f"{head}/{self.direction}", f"{head}/{self.layer.name}"}
+        return names
+
+
+def _is_gated(layer: Any) -> bool:
+    return isinstance(layer, keras.layers.RNN) and isinstance(
+        getattr(layer, "cell", None), GatedCell
     )
+
+
+def _is_container(layer: Any) -> bool:
+    return isinstance(layer, keras.Model) and not isinstance(layer, keras.layers.RNN)
+
+
+def gated_layers(model: keras.Model) -> list[GatedLayer]:
+    """Every keras_gates layer of `model`, in layer order: at its top level,
+    in each direction of a ``keras.layers.Bidirectional``, and in nested
+    sub-models (to any depth).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((None, 3)),
+    ...     keras.layers.Bidirectional(keras_gates.LSTM(4, name="lstm"), name="bi"),
+    ... ])
+    >>> [target.tag for target in gated_layers(model)]
+    ['bi/forward_lstm', 'bi/backward_lstm']
+    """
+
+    def walk(container, path, prefix):
+        for sub in container.layers:
+            if _is_gated(sub):
+                yield GatedLayer(prefix + sub.name, sub, path=path)
+            elif isinstance(sub, keras.layers.Bidirectional):
+                for direction in ("forward", "backward"):
+                    inner = getattr(sub, f"{direction}_layer")
+                    if _is_gated(inner):
+                        yield GatedLayer(
+                            f"{prefix}{sub.name}/{inner.name}",
+                            inner,
+                            sub,
+                            direction,
+                            path,
+                        )
+            elif _is_container(sub):
+                yield from walk(sub, (*path, sub), f"{prefix}{sub.name}/")
+
+    return list(walk(model, (), ""))
+
+
+def find_gated_layers(
+    model: keras.Model, selector: Any, argument: str = "layer", several: bool = False
+) -> list[GatedLayer]:
+    """The keras_gates layer(s) of `model` that `selector` picks.
+
+    The one way ``trace_gates``, ``gate_statistics`` and ``GateMonitor`` find
+    a layer, with one set of errors (each offers only choices that work).
+
+    Args:
+        model: A Keras model.
+        selector: None (the model's only keras_gates layer), a tag of
+            ``gated_layers`` (``"bi/forward_lstm"``, ``"encoder/lstm"``), a
+            Bidirectional wrapper's name plus ``"/forward"`` or
+            ``"/backward"``, a layer's own name (``"forward_lstm"``), an index
+            into ``model.layers``, or the layer object (a wrapper's
+            ``forward_layer`` / ``backward_layer`` too). With `several`, a
+            wrapper (its name or object) picks both directions.
+        argument: The argument's name, for the errors.
+        several: Whether one selector may pick several layers.
+
+    Returns:
+        A list of ``GatedLayer`` (exactly one unless `several`).
+    """
+    targets = gated_layers(model)
+    tags = [target.tag for target in targets]
+    if not targets:
+        raise ValueError(
+            f"`{argument}` must select a keras_gates LSTM/GRU layer of model "
+            f"'{model.name}', which has none (at its top level, in a "
+            f"Bidirectional or in a sub-model; layers: "
+            f"{[sub.name for sub in model.layers]})."
+        )
+    if selector is None:
+        if len(targets) != 1 and not several:
+            raise ValueError(
+                f"`{argument}` must name the layer to trace when the model has "
+                f"{len(targets)} keras_gates layers (one of {tags}); received "
+                f"{argument}=None."
+            )
+        return targets
+    what = None
+    if isinstance(selector, str):
+        matches = [t for t in targets if selector in t.names()]
+        if several:
+            matches += [
+                t
+                for t in targets
+                if t.wrapper is not None
+                and selector in (t.wrapper.name, t.tag.rsplit("/", 1)[0])
+            ]
+        what = repr(selector)
+    elif isinstance(selector, int) and not isinstance(selector, bool):
+        if not -len(model.layers) <= selector < len(model.layers):
+            raise ValueError(
+                f"`{argument}` must be an index into model.layers (length "
+                f"{len(model.layers)}) or one of the keras_gates layers {tags}; "
+                f"received {selector}."
+            )
+        picked = model.layers[selector]
+        matches = [t for t in targets if picked in (t.layer, t.wrapper)]
+        what = f"index {selector} ({type(picked).__name__} '{picked.name}')"
+    elif isinstance(selector, keras.layers.Layer):
+        matches = [t for t in targets if selector in (t.layer, t.wrapper)]
+        what = f"{type(selector).__name__} '{selector.name}'"
+    else:
+        raise TypeError(
+            f"`{argument}` must be a layer name (str), an index (int) or a layer "
+            f"of the model (one of the keras_gates layers {tags}); received "
+            f"{type(selector).__name__} {selector!r}."
+        )
+    unique = []
+    for target in matches:
+        if target not in unique:
+            unique.append(target)
+    if not unique:
+        kinds = {sub.name: type(sub).__name__ for sub in model.layers}
+        found = (
+            f", a {kinds[selector]}, not a keras_gates LSTM/GRU"
+            if isinstance(selector, str) and selector in kinds
+            else ""
+        )
+        raise ValueError(
+            f"`{argument}` must name a layer of model '{model.name}' that is a "
+            f"keras_gates LSTM/GRU: one of {tags}; received {what}{found}."
+        )
+    if len(unique) > 1 and not several:
+        raise ValueError(
+            f"`{argument}` must select one keras_gates layer; {what} selects "
+            f"{len(unique)}: {[t.tag for t in unique]}. Pass one of these."
+        )
+    return unique
+
+
+def find_gated_layer(model: keras.Model, selector: Any, argument: str = "layer"):
+    """The one ``GatedLayer`` `selector` picks (``find_gated_layers``)."""
+    return find_gated_layers(model, selector, argument)[0]
 
 
 def _call_argument(args: list, kwargs: dict, name: str, position: int) -> Any:
@@ -304,39 +514,75 @@ def _call_argument(args: list, kwargs: dict, name: str, position: int) -> Any:
     return args[position] if len(args) > position else None
 
 
-def _layer_feed(model: keras.Model, target: Any, inputs: Any):
+def _call_arguments(container: keras.Model, layer: Any) -> tuple[list, dict]:
+    call = keras_internals.symbolic_call_arguments(layer)  # private Keras
+    if call is None:
+        raise ValueError(
+            f"`layer` '{layer.name}' has never been called inside model "
+            f"'{container.name}', so there is no path from the model's inputs to "
+            f"it; build the model on a keras.Input first."
+        )
+    return call
+
+
+def _feeder(container: keras.Model, wanted: list) -> keras.Model:
+    model_inputs = container.inputs
+    return keras.Model(
+        model_inputs[0] if len(model_inputs) == 1 else model_inputs, wanted
+    )
+
+
+# Feeder models per (model, traced layer), so repeated traces (GateMonitor's
+# every epoch) build them once.
+_FEEDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_feed(model: keras.Model, target: GatedLayer, inputs: Any):
     """What `model` hands `target`: its sequences, mask and initial state.
 
     Returns ``(sequences, mask or None, initial_state list or None)`` for
-    ``inputs``, computed by the model's own layers up to `target`.
+    ``inputs``, computed by the model's own layers up to `target` (through
+    its sub-models; for a direction of a Bidirectional, what the wrapper
+    gets, with its half of the wrapper's initial state).
     """
-    call = keras_internals.symbolic_call_arguments(target)  # private Keras
-    if call is None:
-        raise ValueError(
-            f"`layer` '{target.name}' has never been called inside model "
-            f"'{model.name}', so there is no path from the model's inputs to it; "
-            f"build the model on a keras.Input first."
+    feeders = _FEEDERS.setdefault(model, {})
+    container, values = model, inputs
+    for sub in target.path:  # what each sub-model is handed, down to the layer
+        key = ("sub", id(sub))
+        if key not in feeders:
+            args, _ = _call_arguments(container, sub)
+            feeders[key] = _feeder(container, args[0])
+        values = feeders[key](values, training=False)
+        container = sub
+    called = target.called
+    key = ("layer", id(called))
+    if key not in feeders:
+        args, kwargs = _call_arguments(container, called)
+        # keras.layers.RNN.call / Bidirectional.call(sequences, initial_state=
+        # None, mask=None, ...)
+        upstream_mask = _call_argument(args, kwargs, "mask", 2)
+        upstream_state = _call_argument(args, kwargs, "initial_state", 1)
+        upstream_state = (
+            [] if upstream_state is None else _as_state_list(upstream_state)
         )
-    args, kwargs = call
-    # keras.layers.RNN.call(sequences, initial_state=None, mask=None, ...)
-    sequences = args[0]
-    upstream_mask = _call_argument(args, kwargs, "mask", 2)
-    upstream_state = _call_argument(args, kwargs, "initial_state", 1)
-    if upstream_state is not None:
-        upstream_state = _as_state_list(upstream_state)
-    wanted = [sequences]
-    if upstream_mask is not None:
-        wanted.append(upstream_mask)
-    wanted += upstream_state or []
-    model_inputs = model.inputs
-    feeder = keras.Model(
-        model_inputs[0] if len(model_inputs) == 1 else model_inputs, wanted
-    )
-    fed = feeder(inputs, training=False)
+        wanted = [args[0]]
+        if upstream_mask is not None:
+            wanted.append(upstream_mask)
+        feeders[key] = (
+            _feeder(container, wanted + upstream_state),
+            upstream_mask is not None,
+            len(upstream_state),
+        )
+    feeder, has_mask, n_states = feeders[key]
+    fed = feeder(values, training=False)
     fed = list(fed) if isinstance(fed, (list, tuple)) else [fed]
     sequences = fed.pop(0)
-    mask = fed.pop(0) if upstream_mask is not None else None
-    return sequences, mask, (fed or None)
+    mask = fed.pop(0) if has_mask else None
+    states = fed or None
+    if states is not None and target.wrapper is not None:
+        half = n_states // 2  # Bidirectional: the forward half, then the backward
+        states = states[:half] if target.direction == "forward" else states[half:]
+    return sequences, mask, states
 
 
 def trace_gates(
@@ -365,9 +611,17 @@ def trace_gates(
             the LSTM, [s_0] for the GRU. Default: for a model, the state the
             model feeds the layer (another layer's final state, an Input),
             as the layer's own call gets it; otherwise zeros (or the current
-            state of a stateful layer, which is not changed).
-        layer: With a model: the traced layer's name, index in
-            ``model.layers``, or the layer object.
+            state of a stateful layer, which is not changed; other numbers of
+            sequences than its fixed batch B are traced B at a time, sequence
+            n from row n mod B of that state).
+        layer: With a model: which keras_gates layer (``find_gated_layers``):
+            its name, its tag under sub-models (``"encoder/lstm"``), a
+            ``Bidirectional`` direction (``"bi/forward"``, ``"bi/backward"``,
+            ``"bi/forward_lstm"``, or the inner layer's own name), an index in
+            ``model.layers``, or the layer object (``bi.backward_layer``
+            too); in nested sub-models too. The model feeds it its mask and
+            state (a wrapper's direction gets its half of the wrapper's
+            initial state). None: the model's only keras_gates layer.
         masked_value: The value of ``o``, ``i``, ``f``, ``s_tilde`` at masked
             steps (default NaN); ``s`` and ``h`` always hold the carried state.
 
@@ -375,7 +629,7 @@ def trace_gates(
         A dict of float32 NumPy arrays, each (batch, time, units), indexed by
         the input's time axis: for the LSTM ``o``, ``i``, ``f`` (absent with
         ``forget_gate=False``), ``s_tilde``, ``s``, ``h``; for the GRU ``o``,
-        ``i``, ``s_tilde``, ``s`` (SPEC §1; the GRU's forget gate is 1 - i).
+        ``i``, ``s_tilde``, ``s`` (gru.py; the GRU's forget gate is 1 - i).
 
     Example:
 
@@ -389,26 +643,35 @@ def trace_gates(
     >>> trace["f"].shape
     (1, 4, 16)
     """
-    if isinstance(layer_or_model, keras.Model) and not isinstance(
-        layer_or_model, keras.layers.RNN
-    ):
-        if layer is None:
-            gated = [
-                sub
-                for sub in layer_or_model.layers
-                if isinstance(getattr(sub, "cell", None), GatedCell)
-            ]
-            if len(gated) != 1:
-                raise ValueError(
-                    "`layer` must name the layer to trace when the model has "
-                    f"{len(gated)} keras_gates layers "
-                    f"({[sub.name for sub in gated]}); received layer=None."
-                )
-            layer = gated[0]
-        target = _find_layer(layer_or_model, layer)
-        _gated_cell(target, "layer")
+    trace, _, _ = _trace(
+        layer_or_model, inputs, mask, initial_state, layer, masked_value
+    )
+    return trace
+
+
+def _traced_layer(layer_or_model: Any, layer: Any) -> Any:
+    """The layer ``trace_gates(layer_or_model, ..., layer=layer)`` traces."""
+    if _is_container(layer_or_model):
+        return find_gated_layer(layer_or_model, layer).layer
+    return layer_or_model
+
+
+def _trace(
+    layer_or_model: Any,
+    inputs: Any,
+    mask: Any = None,
+    initial_state: Any = None,
+    layer: Any = None,
+    masked_value: float = float("nan"),
+) -> tuple[dict[str, np.ndarray], Any, list[np.ndarray]]:
+    """``trace_gates``, with the traced layer and the states it started from
+    (float32 NumPy, [h_0, s_0] or [s_0]): what ``gate_statistics`` takes the
+    first step's s_{t-1} from."""
+    if _is_container(layer_or_model):
+        found = find_gated_layer(layer_or_model, layer)
+        target = found.layer
         sequences, upstream_mask, upstream_state = _layer_feed(
-            layer_or_model, target, inputs
+            layer_or_model, found, inputs
         )
         if mask is None:
             mask = upstream_mask
@@ -426,17 +689,15 @@ def trace_gates(
         sequences = inputs
     if isinstance(sequences, np.ndarray) and sequences.dtype == np.float64:
         sequences = sequences.astype("float32")
-    trace = gate_sequences(
-        target,
-        sequences,
-        mask=mask,
-        initial_state=initial_state,
-        masked_value=masked_value,
+    trace, states = _gate_sequences(
+        target, sequences, mask, initial_state, masked_value
     )
-    return {
-        name: np.asarray(keras.ops.convert_to_numpy(value), dtype="float32")
-        for name, value in trace.items()
-    }
+
+    def to_numpy(value):
+        return np.asarray(keras.ops.convert_to_numpy(value), dtype="float32")
+
+    trace = {name: to_numpy(value) for name, value in trace.items()}
+    return trace, target, [to_numpy(state) for state in states]
 
 
 def gradient_flow(

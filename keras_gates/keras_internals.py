@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 from typing import Any
 
 import keras
@@ -127,6 +128,29 @@ def symbolic_call_arguments(layer: Any) -> tuple[list, dict] | None:
             touch, "a Node has no `arguments` with `args` and `kwargs` any more"
         )
     return list(arguments.args), dict(arguments.kwargs)
+
+
+def keras_mask(tensor: Any) -> Any:
+    """The mask Keras attached to a (symbolic) tensor, or None.
+
+    What: ``tensor._keras_mask``, the attribute where a layer's
+    ``compute_mask`` result is kept on its output (what Keras's private
+    ``backend.get_keras_mask`` reads).
+
+    Why: ``serving.analysis`` tells a model whose layers form one path from
+    one with a branch. A layer called on a masked tensor (after ``Masking`` or
+    ``Embedding(mask_zero=True)``) receives that tensor's mask as its ``mask``
+    argument, and Keras lists it in ``layer.input`` beside the tensor; only
+    by comparing it with the previous output's own mask can the path check
+    tell it from a second input (a branch). Keras exports no public getter.
+
+    Since: Keras 3.0 (keras-core); the same attribute in 3.13.2 and 3.15.1.
+
+    Without it: returns None, and a functional ``Input -> Masking -> GRU``
+    model is judged not one path: its ``step`` and ``gates`` signatures are
+    left out with the reason naming the layer that receives the mask.
+    """
+    return getattr(tensor, "_keras_mask", None)
 
 
 def set_initial_epoch(model: keras.Model, epoch: int) -> None:
@@ -305,3 +329,60 @@ def in_xla_compilation() -> bool | None:
     if find is None:
         return None
     return find() is not None
+
+
+# The arguments of Keras's per-backend fused LSTM, in order (keras_lstm_kernel).
+KERAS_LSTM_ARGUMENTS = (
+    "inputs",
+    "initial_state_h",
+    "initial_state_c",
+    "mask",
+    "kernel",
+    "recurrent_kernel",
+    "bias",
+    "activation",
+    "recurrent_activation",
+    "return_sequences",
+    "go_backwards",
+    "unroll",
+)
+
+
+def keras_lstm_kernel() -> Any:
+    """Keras's fused LSTM for the running backend: cuDNN where it can run.
+
+    What: the function ``lstm`` of the backend that ``keras.layers.LSTM``'s own
+    module imported as ``backend`` (``keras.src.backend.<name>.rnn.lstm``),
+    reached through ``sys.modules[keras.layers.LSTM.__module__]`` (no
+    ``keras.src`` import). It takes ``KERAS_LSTM_ARGUMENTS`` and returns
+    ``(last_output, outputs, [h, c])``; it raises ``NotImplementedError``
+    where cuDNN cannot run (no GPU, options cuDNN lacks; on JAX also any
+    mask) and the caller runs another loop.
+
+    Why: on a GPU ``keras.layers.LSTM.inner_loop`` calls it with the cell's
+    variables, and ``keras_gates.LSTM`` stores exactly those variables in the
+    same block order [i | f | c | o], so the same call computes our layer.
+    The public alternative, TensorFlow's ``tf.raw_ops.CudnnRNNV3``, covers one
+    backend only and would mean rewriting Keras's weight packing (transposed
+    blocks, zero input biases, MIOpen's order on ROCm, three reversals for
+    ``go_backwards``); JAX's cuDNN LSTM is in ``jax.experimental``. Calling
+    Keras's function keeps the result the built-in's by construction.
+
+    Since: Keras 3.0 for TensorFlow (the same signature in 3.13.2 and 3.15.1);
+    Keras 3.15 added the JAX and torch cuDNN paths (before, their ``lstm``
+    always raised ``NotImplementedError``, which the layers treat as "no cuDNN
+    here").
+
+    Without it: raises ``KerasInternalsChanged`` (only called where a GPU is
+    there: ``keras_gates.cudnn``); the tests in tests/test_keras_internals.py
+    fail, naming this touch.
+    """
+    touch = "keras.src.backend.<backend>.rnn.lstm (via keras.layers.LSTM's module)"
+    module = sys.modules.get(keras.layers.LSTM.__module__)
+    kernel = getattr(getattr(module, "backend", None), "lstm", None)
+    if kernel is None:
+        raise _changed(touch, "keras.layers.LSTM's module has no `backend.lstm`")
+    parameters = tuple(inspect.signature(kernel).parameters)
+    if parameters[: len(KERAS_LSTM_ARGUMENTS)] != KERAS_LSTM_ARGUMENTS:
+        raise _changed(touch, f"its arguments are {parameters}")
+    return kernel

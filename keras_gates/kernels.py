@@ -1,7 +1,7 @@
 """The sequence loops of the LSTM and the GRU, as functions on tensors.
 
 ``lstm_sequence`` and ``gru_sequence`` run a whole sequence through the
-lecture's equations (SPEC §1) given the weights as tensors, the way Keras has
+lecture's equations (lstm.py, gru.py) given the weights as tensors, the way Keras has
 ``keras.backend.lstm`` and flax/haiku a scan over a cell: they know no layer
 or cell class. A cell's ``sequence`` method (``lstm.py``, ``gru.py``) calls
 its kernel with its weights, options and dropout masks; ``GatedRNN.inner_loop``
@@ -33,7 +33,7 @@ a ``tf.while_loop``), not what they compute, so the step has as few ops as
 possible:
 
     before the loop, all steps at once (one large matmul; the weights'
-    blocks in Keras's order, SPEC §1):
+    blocks in Keras's order, lstm.py):
         Ux_t + b = [U_i x_t + b_i | U_f x_t + b_f | U x_t + b | U_o x_t + b_o]
     inside the loop, per step (LSTM):
         a_t  = W h_{t-1} + (Ux_t + b)                 one matmul, one add
@@ -78,7 +78,7 @@ dynamic batch, as in a serving signature, every one of them is traced and
 ``tf.switch_case`` / ``ops.cond`` picks one at run time).
 
 The GRU's candidate needs o_t first, so it cannot share one product with its
-gates; its weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
+gates; its weights hold Keras's update gate z_t = 1 - i_t (gru.py):
 
     a_t^{zo} = W_{zo} s_{t-1} + (U_{zo} x_t + b_{zo})
     z_t, o_t = sigmoid(a_t^{zo}),  i_t = 1 - z_t
@@ -88,10 +88,14 @@ gates; its weights hold Keras's update gate z_t = 1 - i_t (SPEC §1):
 with z_t * s_{t-1} computed while s~_t is: two ops after s~_t on the
 critical path.
 
-Dropout: the caller draws one input mask and one recurrent mask per sequence
-(variational dropout, as Keras) and passes them in; the input mask is applied
-to the whole sequence at once, the recurrent mask to the state where it meets
-W (never to the carried state).
+Dropout: the caller draws the input and recurrent masks once per sequence
+(variational dropout, as Keras) and passes them in: one mask each, or a list
+of one mask per gate block (in the weights' block order), as Keras's cells
+draw them with ``recurrent_dropout > 0``. One input mask is applied to the
+whole sequence at once; per-block input masks give each block its own
+U (x_t * m_j), projected for every step before the loop (in every form). The
+recurrent mask multiplies the state where it meets W (never the carried
+state); per-block masks, each block's own product.
 
 Semantics are those of ``keras.layers.RNN`` (and ``tests/reference.py``): a
 masked step keeps the state; the output of a masked step repeats the last
@@ -178,7 +182,7 @@ def lstm_sequence(
         h0, s0: Initial states h_0 and s_0, (batch, units) each.
         mask: Optional (batch, time) booleans; False steps keep the state.
         kernel: (features, n * units), blocks [U_i | U_f | U | U_o] (no U_f
-            with ``forget_gate=False``): Keras's order, SPEC §1.
+            with ``forget_gate=False``): Keras's order, lstm.py.
         recurrent_kernel: (units, n * units), the W blocks, same order.
         bias: (n * units,) or None.
         activation, recurrent_activation: The state and gate nonlinearities.
@@ -187,9 +191,10 @@ def lstm_sequence(
         return_sequences: Return every h_t (else only the last).
         zero_output_for_mask: Masked steps output zeros (else the previous
             output).
-        input_dropout_mask: Optional (batch, features) multiplier of every x_t.
+        input_dropout_mask: Optional (batch, features) multiplier of every x_t,
+            or a list of one per gate block (block order i, (f,) c, o).
         recurrent_dropout_mask: Optional (batch, units) multiplier of h_{t-1}
-            where it meets W.
+            where it meets W, or a list of one per gate block.
         training: Whether gradients will be taken (picks the form).
         form: ``"auto"`` or one of ``LSTM_FORMS``.
         small_batch_max: Largest batch that takes the ``"small"`` form at
@@ -210,7 +215,7 @@ def lstm_sequence(
         recurrent_activation, "sigmoid"
     )
 
-    x, mask, r_mask = _prepare(
+    x, mask, x_masks, r_mask = _prepare(
         x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
     )
     keep = return_sequences or mask is not None  # stack the states
@@ -246,21 +251,21 @@ def lstm_sequence(
             b = None if b is None else b * scale
         if form == "large":
             # o_t gets its own product, run beside the one for i, f and s~.
-            cuts = [slice(0, (n_blocks - 1) * u), slice((n_blocks - 1) * u, None)]
-            groups = [(k[:, c], w[:, c], None if b is None else b[c]) for c in cuts]
+            block_groups = [list(range(n_blocks - 1)), [n_blocks - 1]]
         else:
-            groups = [(k, w, b)]
-        inputs, project = _input_terms(
-            x, [(gk, gb) for gk, _, gb in groups], hoist=form == "small"
+            block_groups = [list(range(n_blocks))]
+        inputs, project = _block_input_terms(
+            x, x_masks, k, b, block_groups, u, hoist=form == "small"
         )
-        recurrent = [gw for _, gw, _ in groups]
 
         def lstm_step(carry, inputs_t, mask_t):
             h_tm1, s_tm1 = carry
-            h_in = h_tm1 if r_mask is None else h_tm1 * r_mask
             a = [
-                ops.matmul(h_in, gw) + ux
-                for gw, ux in zip(recurrent, project(inputs_t))
+                wh + ux
+                for wh, ux in zip(
+                    _recurrent_terms(h_tm1, r_mask, w, block_groups, u),
+                    project(inputs_t),
+                )
             ]
             if fuse_tanh:
                 # sigmoid of every block: i, (f,) s~ (as 2 sigmoid(2 a) - 1), o
@@ -323,7 +328,7 @@ def gru_sequence(
         s0: Initial state s_0, (batch, units).
         mask: Optional (batch, time) booleans; False steps keep the state.
         kernel: (features, 3 * units), blocks [U_z | U_o | U] (Keras's
-            GRU(reset_after=False) [z | r | h], z = 1 - i; SPEC §1).
+            GRU(reset_after=False) [z | r | h], z = 1 - i; gru.py).
         recurrent_kernel: (units, 3 * units), [W_z | W_o | W].
         bias: (3 * units,) or None.
         Other arguments: as ``lstm_sequence`` (``form``: one of
@@ -335,44 +340,41 @@ def gru_sequence(
     """
     u = recurrent_kernel.shape[0]
 
-    x, mask, r_mask = _prepare(
+    x, mask, x_masks, r_mask = _prepare(
         x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
     )
     keep = return_sequences or mask is not None  # stack the states
 
     def run(form):
-        def cols(j, n=1):  # gate blocks j .. j + n - 1 of (U, W, b)
-            c = slice(j * u, (j + n) * u)
-            return (
-                kernel[:, c],
-                recurrent_kernel[:, c],
-                None if bias is None else bias[c],
-            )
-
         # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
         if form == "large":
             # o_t alone feeds the candidate: its own (half as wide) product,
             # a shorter critical path; z_t's runs alongside.
-            groups = [cols(0), cols(1), cols(2)]
+            block_groups = [[0], [1], [2]]
         else:
             # z and o from one product and one activation.
-            groups = [cols(0, 2), cols(2)]
-        inputs, project = _input_terms(
-            x, [(gk, gb) for gk, _, gb in groups], hoist=form == "small"
+            block_groups = [[0, 1], [2]]
+        inputs, project = _block_input_terms(
+            x, x_masks, kernel, bias, block_groups, u, hoist=form == "small"
         )
-        recurrent = [gw for _, gw, _ in groups]
+        w_candidate = recurrent_kernel[:, 2 * u :]
 
         def gru_step(carry, inputs_t, mask_t):
             (s_tm1,) = carry
-            s_in = s_tm1 if r_mask is None else s_tm1 * r_mask
             *ux_gates, ux_s = project(inputs_t)
             gates = [
-                recurrent_activation(ops.matmul(s_in, gw) + ux)
-                for gw, ux in zip(recurrent[:-1], ux_gates)
+                recurrent_activation(ws + ux)
+                for ws, ux in zip(
+                    _recurrent_terms(
+                        s_tm1, r_mask, recurrent_kernel, block_groups[:-1], u
+                    ),
+                    ux_gates,
+                )
             ]
             z_t, o_t = gates if len(gates) == 2 else ops.split(gates[0], 2, axis=-1)
             i_t = 1.0 - z_t
-            s_tilde_t = activation(ops.matmul(o_t * s_in, recurrent[-1]) + ux_s)
+            s_in = _dropped(s_tm1, r_mask, 2)
+            s_tilde_t = activation(ops.matmul(o_t * s_in, w_candidate) + ux_s)
             # z_t * s_{t-1} (z_t = 1 - i_t) is ready before s~_t: two ops after
             # it on the critical path (s_{t-1} + i_t * (s~_t - s_{t-1}) has one
             # op fewer but three after s~_t, and measured 1.2x slower).
@@ -396,13 +398,20 @@ def _prepare(x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards):
     """Time-major inputs and mask in reading order, dropout applied.
 
     Returns ``(x (time, batch, features), mask (time, batch) or None, the
-    recurrent dropout mask in x's dtype or None)``.
+    per-block input dropout masks (a list) or None, the recurrent dropout
+    mask (a tensor or a per-block list) in x's dtype or None)``. One input
+    mask is applied to x here; per-block masks are left to the projection.
     """
     dtype = x.dtype
-    if input_dropout_mask is not None:  # one mask per sequence: (batch, features)
+    x_masks = None
+    if isinstance(input_dropout_mask, (list, tuple)):  # one per gate block
+        x_masks = [ops.cast(m, dtype) for m in input_dropout_mask]
+    elif input_dropout_mask is not None:  # one mask per sequence: (batch, features)
         x = x * ops.cast(input_dropout_mask, dtype)[:, None, :]
     r_mask = None
-    if recurrent_dropout_mask is not None:
+    if isinstance(recurrent_dropout_mask, (list, tuple)):
+        r_mask = [ops.cast(m, dtype) for m in recurrent_dropout_mask]
+    elif recurrent_dropout_mask is not None:
         r_mask = ops.cast(recurrent_dropout_mask, dtype)
     x = ops.transpose(x, (1, 0, 2))  # (time, batch, features)
     if mask is not None:
@@ -411,7 +420,57 @@ def _prepare(x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards):
         x = ops.flip(x, axis=0)
         if mask is not None:
             mask = ops.flip(mask, axis=0)
-    return x, mask, r_mask
+    return x, mask, x_masks, r_mask
+
+
+def _columns(blocks: list[int], u: int) -> slice:
+    """The columns of the consecutive gate blocks `blocks` (width u each)."""
+    return slice(blocks[0] * u, (blocks[-1] + 1) * u)
+
+
+def _joined(terms: list) -> Any:
+    return terms[0] if len(terms) == 1 else ops.concatenate(terms, axis=-1)
+
+
+def _dropped(state, r_mask, j: int):
+    """The state as gate block `j` reads it: times its recurrent mask."""
+    if r_mask is None:
+        return state
+    return state * (r_mask[j] if isinstance(r_mask, list) else r_mask)
+
+
+def _recurrent_terms(state, r_mask, w, block_groups, u):
+    """W state_{t-1} for each group of gate blocks, the dropout mask applied:
+    one product per group, or per block when each block has its own mask."""
+    if not isinstance(r_mask, list):
+        s_in = _dropped(state, r_mask, 0)
+        return [ops.matmul(s_in, w[:, _columns(g, u)]) for g in block_groups]
+    return [
+        _joined([ops.matmul(state * r_mask[j], w[:, _columns([j], u)]) for j in group])
+        for group in block_groups
+    ]
+
+
+def _block_input_terms(x, x_masks, kernel, bias, block_groups, u, hoist):
+    """``_input_terms`` for groups of gate blocks; with per-block input masks
+    (`x_masks`), U_j (x_t * m_j) + b_j of every step, hoisted in every form."""
+
+    def bias_of(blocks):
+        return None if bias is None else bias[_columns(blocks, u)]
+
+    if x_masks is None:
+        blocks = [(kernel[:, _columns(g, u)], bias_of(g)) for g in block_groups]
+        return _input_terms(x, blocks, hoist)
+    inputs = [
+        _joined(
+            [
+                _project(x * x_masks[j], kernel[:, _columns([j], u)], bias_of([j]))
+                for j in group
+            ]
+        )
+        for group in block_groups
+    ]
+    return inputs, list
 
 
 def _dispatch(run, x, mask, form, forms, training, batch_max, outputs):

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gates import checks, kernels
+from keras_gates import cudnn, kernels, validation
 from keras_gates.base import GatedCell, GatedRNN
 
 
@@ -63,10 +63,20 @@ class LSTMCell(GatedCell):
         kernel_constraint, recurrent_constraint, bias_constraint: As in
             ``keras.layers.LSTMCell``.
         dropout: Fraction in [0, 1) of the inputs x_t to drop, one mask per
-            sequence. Default 0.
+            sequence (one per gate block when ``recurrent_dropout > 0``).
+            Default 0.
         recurrent_dropout: Fraction in [0, 1) of h_{t-1} to drop in the gate
-            and candidate pre-activations, one mask per sequence. Default 0.
-        seed: Integer seed for the dropout masks.
+            and candidate pre-activations, one mask per gate block and
+            sequence. Default 0.
+        seed: Integer seed for the dropout masks. The masks are drawn as
+            ``keras.layers.LSTMCell`` draws them (the input's, then h_{t-1}'s;
+            with ``recurrent_dropout > 0`` one per block i, f, c, o each), so
+            with the same seed and weights training equals the built-in's.
+            Where it does not: an inference call between training steps
+            (e.g. ``fit``'s validation) moves the built-in's seed state and
+            not this cell's; ``implementation=1`` with ``recurrent_dropout=0``
+            (the built-in then draws per-block input masks, this cell one);
+            and ``forget_gate=False`` (no built-in: masks per block i, c, o).
         forget_gate: False for the lecture's variant without a forget gate:
             s_t = s_{t-1} + i_t * s~_t. Default True.
         weight_layout: The block order of the weights this cell loads next:
@@ -117,8 +127,8 @@ class LSTMCell(GatedCell):
         weight_layout: str = "keras",
         **kwargs,
     ):
-        unit_forget_bias = checks.boolean("unit_forget_bias", unit_forget_bias)
-        forget_gate = checks.boolean("forget_gate", forget_gate)
+        unit_forget_bias = validation.boolean("unit_forget_bias", unit_forget_bias)
+        forget_gate = validation.boolean("forget_gate", forget_gate)
         super().__init__(
             units,
             activation=activation,
@@ -287,9 +297,19 @@ class LSTM(GatedRNN):
         unroll: Unroll the time loop (short, fixed-length sequences only).
         zero_output_for_mask: Masked steps output zeros instead of repeating
             the previous output (return_sequences only). Default False.
-        use_cudnn: Accepted for drop-in compatibility with keras.layers.LSTM:
-            ``"auto"`` or False. There is no cuDNN kernel here, so True is an
-            error (``keras_gates.to_keras`` gives the built-in, with cuDNN).
+        use_cudnn: Whether to run cuDNN's LSTM on a GPU, as
+            ``keras.layers.LSTM`` does (the same kernel: the layers share
+            their variables and maths). ``"auto"`` (default): cuDNN where it
+            can run (``keras_gates.cudnn`` says when), the package's kernel
+            elsewhere, e.g. on a CPU; True: cuDNN, or a ValueError naming what
+            prevents it; False: never. Where cuDNN can run, the layer tells
+            Keras it does not support XLA (as the built-in does), so
+            ``jit_compile="auto"`` leaves XLA off and Keras turns an explicit
+            ``model.compile(jit_compile=True)`` off with a warning; with
+            ``use_cudnn=False`` XLA compiles the package's kernel. A bare
+            ``tf.function(jit_compile=True)`` always runs the package's
+            compiled kernel. Traces and serving exports always run the
+            package's kernels (exports load on any device).
 
     Call arguments:
         inputs: (batch, time, features), floating point.
@@ -352,16 +372,7 @@ class LSTM(GatedRNN):
         use_cudnn: bool | str = "auto",
         **kwargs,
     ):
-        if use_cudnn is True:
-            raise ValueError(
-                "`use_cudnn=True` cannot be honoured: keras_gates.LSTM has no "
-                "cuDNN kernel; received use_cudnn=True. Use 'auto' or False, or "
-                "keras_gates.to_keras(layer) for keras.layers.LSTM with cuDNN."
-            )
-        if not (use_cudnn is False or use_cudnn == "auto"):
-            raise ValueError(
-                f"`use_cudnn` must be 'auto', True or False; received {use_cudnn!r}."
-            )
+        use_cudnn = cudnn.check_use_cudnn(use_cudnn)
         cell = LSTMCell(
             units,
             activation=activation,
@@ -397,3 +408,91 @@ class LSTM(GatedRNN):
             zero_output_for_mask=zero_output_for_mask,
             **kwargs,
         )
+        self.use_cudnn = use_cudnn
+        if use_cudnn is True and (reason := self.cudnn_blocker()):
+            raise ValueError(
+                f"`use_cudnn=True` cannot be honoured: {reason}. Change that "
+                "option, or pass use_cudnn='auto' to run the package's kernel."
+            )
+        if (
+            use_cudnn is not False
+            and keras.backend.backend() == "tensorflow"
+            and self.cudnn_blocker() is None
+            and cudnn.gpu_available()
+        ):
+            # cuDNN ops are not XLA ops: keep jit_compile="auto" off, as
+            # keras.layers.LSTM does.
+            self.supports_jit = False
+
+    def cudnn_blocker(self) -> str | None:
+        """The option that keeps this layer off cuDNN, or None
+        (``keras_gates.cudnn.blocker``)."""
+        return cudnn.blocker(
+            activation=self.cell.activation,
+            recurrent_activation=self.cell.recurrent_activation,
+            use_bias=self.cell.use_bias,
+            recurrent_dropout=self.cell.recurrent_dropout,
+            unroll=self.unroll,
+            forget_gate=self.cell.forget_gate,
+            own_equations=self.cell.has_sequence_kernel,
+        )
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        def own_kernel():
+            return super(LSTM, self).inner_loop(
+                sequences, initial_state, mask, training=training
+            )
+
+        if self.use_cudnn is False or cudnn.in_portable():
+            return own_kernel()
+        reason = self.cudnn_blocker() or cudnn.loop_blocker()
+        if reason is None:
+            try:
+                result = self._cudnn_sequence(
+                    sequences, initial_state, mask, training, own_kernel
+                )
+            except NotImplementedError as error:
+                reason = (
+                    f"Keras's {keras.backend.backend()} LSTM kernel cannot run "
+                    f"it ({error or 'it raised NotImplementedError'})"
+                )
+            else:
+                if keras.backend.backend() == "tensorflow":
+                    self.supports_jit = False
+                return result
+        if self.use_cudnn is True:
+            raise ValueError(
+                f"`use_cudnn=True` cannot be honoured by layer '{self.name}': "
+                f"{reason}. Pass use_cudnn='auto' to run the package's kernel."
+            )
+        return own_kernel()
+
+    def _cudnn_sequence(self, sequences, initial_state, mask, training, own_kernel):
+        if training and self.cell.dropout > 0:
+            # Input dropout before the kernel, with the cell's one mask per
+            # sequence: drawn as the package's kernel draws it.
+            dropout_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
+            if dropout_mask is not None:
+                sequences = (
+                    sequences * ops.cast(dropout_mask, sequences.dtype)[:, None, :]
+                )
+        kernel, recurrent_kernel, bias = self.cell.sequence_weights(sequences.dtype)
+        return cudnn.sequence(
+            sequences,
+            initial_state[0],
+            initial_state[1],
+            mask,
+            kernel,
+            recurrent_kernel,
+            bias,
+            activation=self.cell.activation,
+            recurrent_activation=self.cell.recurrent_activation,
+            go_backwards=self.go_backwards,
+            return_sequences=self.return_sequences,
+            zero_output_for_mask=self.zero_output_for_mask,
+            fallback=own_kernel,
+            required=self.use_cudnn is True,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "use_cudnn": self.use_cudnn}

@@ -6,7 +6,7 @@ as training goes: at the end of every n-th epoch it traces the model's
 keras_gates layers on a fixed probe batch and writes, with ``tf.summary``,
 
 - a histogram per layer and gate: o_t, i_t, f_t, s~_t (the GRU's forget gate
-  is 1 - i_t, SPEC §1), over the probe's unmasked steps only;
+  is 1 - i_t, gru.py), over the probe's unmasked steps only;
 - scalars per layer and gate: the mean, and the fractions saturated, below
   0.05 and above 0.95 (a sigmoid there passes less than 5% of the gradient:
   the gate has decided, or stopped learning); for s~_t the fraction with
@@ -27,7 +27,8 @@ Tags: ``<layer>/<gate>`` (histograms), ``<layer>/<gate>/mean``,
 ``<layer>/<gate>/below_0.05``, ``<layer>/<gate>/above_0.95``,
 ``<layer>/s_tilde/abs_above_0.95`` (scalars), ``<layer>/heatmap`` (image),
 ``gradient_flow/curve`` and ``gradient_flow/at_start``; a layer inside
-``keras.layers.Bidirectional`` is ``<wrapper>/<forward or backward layer>``.
+``keras.layers.Bidirectional`` is ``<wrapper>/<forward or backward layer>``,
+one in a sub-model ``<sub-model>/<layer>`` (``introspection.gated_layers``).
 
 The callback reads the weights and never writes them: tracing runs with
 training off (no dropout mask is drawn, no random state moves), so a run
@@ -42,17 +43,15 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_gates import checks
-from keras_gates.base import GatedCell
+from keras_gates import validation
 from keras_gates.gru import GRUCell
+from keras_gates.introspection import GatedLayer, find_gated_layers, trace_gates
 from keras_gates.introspection import gradient_flow as measure_gradient_flow
-from keras_gates.introspection import trace_gates
 
 __all__ = ["GateMonitor"]
 
@@ -67,15 +66,6 @@ MONITORED = ("o", "i", "f", "s_tilde")
 HEATMAP_DPI, CURVE_DPI = 60, 100
 
 
-@dataclass(frozen=True)
-class _Target:
-    """One traced layer: its tag, the layer, and its Bidirectional wrapper."""
-
-    tag: str
-    layer: Any
-    wrapper: Any = None
-
-
 def _require_tensorboard() -> None:
     try:
         import tensorboard.summary  # noqa: F401
@@ -88,56 +78,16 @@ def _require_tensorboard() -> None:
         ) from error
 
 
-def _is_gated(layer: Any) -> bool:
-    return isinstance(layer, keras.layers.RNN) and isinstance(
-        getattr(layer, "cell", None), GatedCell
-    )
-
-
-def _gated_targets(model: keras.Model) -> list[_Target]:
-    """Every keras_gates layer at the model's top level or in a Bidirectional."""
-    targets = []
-    for layer in model.layers:
-        if _is_gated(layer):
-            targets.append(_Target(layer.name, layer))
-        elif isinstance(layer, keras.layers.Bidirectional):
-            for inner in (layer.forward_layer, layer.backward_layer):
-                if _is_gated(inner):
-                    targets.append(_Target(f"{layer.name}/{inner.name}", inner, layer))
-    return targets
-
-
-def _select(model: keras.Model, names: list[str] | None) -> list[_Target]:
-    """The targets `names` pick: a layer, an inner layer, or a whole wrapper."""
-    targets = _gated_targets(model)
-    if not targets:
-        raise ValueError(
-            "GateMonitor needs a model with a keras_gates LSTM/GRU layer at its "
-            "top level or inside keras.layers.Bidirectional; model "
-            f"'{model.name}' has none (layers: {[sub.name for sub in model.layers]})."
-        )
+def _select(model: keras.Model, names: list[str] | None) -> list[GatedLayer]:
+    """The targets `names` pick (``introspection.find_gated_layers``): a
+    layer, a Bidirectional's direction, or a whole wrapper (both)."""
     if names is None:
-        return targets
-    chosen: list[_Target] = []
+        return find_gated_layers(model, None, "layers", several=True)
+    chosen: list[GatedLayer] = []
     for name in names:
-        matches = [
-            target
-            for target in targets
-            if name in (target.tag, target.layer.name)
-            or (target.wrapper is not None and name == target.wrapper.name)
-        ]
-        if not matches:
-            kinds = {sub.name: type(sub).__name__ for sub in model.layers}
-            found = f", a {kinds[name]}" if name in kinds else ""
-            choices = sorted(
-                {t.tag for t in targets}
-                | {t.wrapper.name for t in targets if t.wrapper is not None}
-            )
-            raise ValueError(
-                f"`layers` must name keras_gates LSTM/GRU layers of model "
-                f"'{model.name}' (one of {choices}); received {name!r}{found}."
-            )
-        chosen.extend(t for t in matches if t not in chosen)
+        for target in find_gated_layers(model, name, "layers", several=True):
+            if target not in chosen:
+                chosen.append(target)
     return chosen
 
 
@@ -168,24 +118,7 @@ def _check_probe(model: keras.Model, probe: Any) -> None:
         )
 
 
-def _wrapper_feed(model: keras.Model, wrapper: Any) -> keras.Model:
-    """A model from `model`'s inputs to what it hands `wrapper`: [sequences, mask?].
-
-    ``Layer.input`` lists the sequences first, then the keyword tensors the
-    wrapper was called with; the mask is the (batch, time) boolean among them.
-    """
-    fed = wrapper.input
-    fed = list(fed) if isinstance(fed, (list, tuple)) else [fed]
-    masks = [
-        t
-        for t in fed[1:]
-        if len(t.shape) == 2 and keras.backend.standardize_dtype(t.dtype) == "bool"
-    ]
-    inputs = model.inputs
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, [fed[0]] + masks[:1])
-
-
-def _monitored(target: _Target, trace: dict[str, np.ndarray]) -> dict:
+def _monitored(target: GatedLayer, trace: dict[str, np.ndarray]) -> dict:
     """The trace entries that are watched, with the GRU's forget gate 1 - i."""
     trace = dict(trace)
     if isinstance(target.layer.cell, GRUCell):
@@ -298,10 +231,10 @@ class GateMonitor(keras.callbacks.Callback):
             model masks it.
         log_dir: The TensorBoard log folder (``tensorboard --logdir
             log_dir``); the summaries go to ``log_dir/run_name``.
-        layers: Which layers: None for every keras_gates layer (top level and
-            inside ``keras.layers.Bidirectional``), or names: a layer's, a
-            Bidirectional wrapper's (both directions), or an inner layer's
-            (``"forward_lstm"``).
+        layers: Which layers: None for every keras_gates layer (top level,
+            inside ``keras.layers.Bidirectional``, in sub-models), or names as
+            ``trace_gates``' ``layer`` takes them (a layer's, a tag such as
+            ``"bi/forward"``), or a Bidirectional wrapper's (both directions).
         every_n_epochs: Write after every n-th epoch.
         tokens: Optional labels of the first probe sequence's time steps (as
             the traced layer sees them), drawn under the heatmaps.
@@ -349,7 +282,7 @@ class GateMonitor(keras.callbacks.Callback):
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise TypeError(
                 f"`log_dir` must be a folder path (str or os.PathLike); received "
-                f"{checks.describe(log_dir)}."
+                f"{validation.describe(log_dir)}."
             )
         if isinstance(layers, str):
             layers = [layers]
@@ -359,7 +292,7 @@ class GateMonitor(keras.callbacks.Callback):
             ):
                 raise TypeError(
                     "`layers` must be None, a layer name or a list of layer "
-                    f"names; received {checks.describe(layers)}."
+                    f"names; received {validation.describe(layers)}."
                 )
             if not layers:
                 raise ValueError(
@@ -373,29 +306,28 @@ class GateMonitor(keras.callbacks.Callback):
         ):
             raise TypeError(
                 "`tokens` must be a list of str, one label per time step of the "
-                f"first probe sequence; received {checks.describe(tokens)}."
+                f"first probe sequence; received {validation.describe(tokens)}."
             )
         if not isinstance(run_name, str):
             raise TypeError(
-                f"`run_name` must be a str; received {checks.describe(run_name)}."
+                f"`run_name` must be a str; received {validation.describe(run_name)}."
             )
         if not run_name or os.sep in run_name or "/" in run_name:
             raise ValueError(
                 "`run_name` must be a non-empty folder name (no path separator); "
-                f"received {checks.describe(run_name)}."
+                f"received {validation.describe(run_name)}."
             )
         self.probe = probe
         self.log_dir = os.fspath(log_dir)
         self.layers = None if layers is None else list(layers)
-        self.every_n_epochs = checks.positive_int("every_n_epochs", every_n_epochs)
+        self.every_n_epochs = validation.positive_int("every_n_epochs", every_n_epochs)
         self.tokens = None if tokens is None else list(tokens)
-        self.gradient_flow = checks.boolean("gradient_flow", gradient_flow)
+        self.gradient_flow = validation.boolean("gradient_flow", gradient_flow)
         self.run_name = run_name
-        self.max_units = checks.positive_int("max_units", max_units)
+        self.max_units = validation.positive_int("max_units", max_units)
         self.run_dir = os.path.join(self.log_dir, run_name)
         self.seconds_per_write: list[float] = []
-        self._targets: list[_Target] | None = None
-        self._feeds: dict[str, keras.Model] = {}
+        self._targets: list[GatedLayer] | None = None
         self._writer = None
 
     # -- checks, before the first batch ----------------------------------------
@@ -423,11 +355,6 @@ class GateMonitor(keras.callbacks.Callback):
                     "`probe` (gradients with respect to token ids do not exist); "
                     f"received shape {shape}, dtype {dtype}."
                 )
-        self._feeds = {
-            t.wrapper.name: _wrapper_feed(model, t.wrapper)
-            for t in targets
-            if t.wrapper is not None
-        }
         self._targets = targets
 
     def on_train_begin(self, logs=None):
@@ -477,24 +404,11 @@ class GateMonitor(keras.callbacks.Callback):
 
     def _trace(self, model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
         """Tag -> the watched entries of each target's trace on the probe."""
-        fed: dict[str, list] = {}
         traces = {}
         for target in self._targets:
-            if target.wrapper is None:
-                trace = trace_gates(model, self.probe, layer=target.layer)
-            else:
-                name = target.wrapper.name
-                if name not in fed:
-                    outputs = self._feeds[name](self.probe, training=False)
-                    fed[name] = (
-                        list(outputs)
-                        if len(self._feeds[name].outputs) > 1
-                        else [outputs]
-                    )
-                sequences, *mask = fed[name]
-                trace = trace_gates(
-                    target.layer, sequences, mask=mask[0] if mask else None
-                )
+            # The model feeds each layer (a direction of a Bidirectional, one
+            # in a sub-model) its sequences, mask and state.
+            trace = trace_gates(model, self.probe, layer=target.tag)
             traces[target.tag] = _monitored(target, trace)
         return traces
 

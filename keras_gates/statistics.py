@@ -44,12 +44,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 
-# The package's public names (its __init__ imports the layers before this module).
-from keras_gates import GRUCell, LSTMCell
-from keras_gates.introspection import trace_gates
+from keras_gates.introspection import _stateful_states, _trace, _traced_layer
 
 __all__ = ["QUANTITIES", "GateStatistics", "gate_statistics"]
 
@@ -199,25 +196,6 @@ def _interval(
     return mean, low, high
 
 
-def _target_layer(layer_or_model: Any, layer: Any) -> Any:
-    """The traced layer (trace_gates has already validated the choice)."""
-    if not isinstance(layer_or_model, keras.Model) or isinstance(
-        layer_or_model, keras.layers.RNN
-    ):
-        return layer_or_model
-    if layer is None:
-        return next(
-            sub
-            for sub in layer_or_model.layers
-            if isinstance(getattr(sub, "cell", None), (LSTMCell, GRUCell))
-        )
-    if isinstance(layer, str):
-        return layer_or_model.get_layer(name=layer)
-    if isinstance(layer, int):
-        return layer_or_model.layers[layer]
-    return layer
-
-
 def _batch(values: Any, start: int, stop: int) -> Any:
     return None if values is None else values[start:stop]
 
@@ -335,7 +313,9 @@ def gate_statistics(
             one (as for ``trace_gates``).
         inputs: What the layer or model takes, (sentences, ...) on axis 0: floats
             (sentences, time, features) for a layer; for a model e.g. token ids
-            or (sentences, 1) strings. Sliced along axis 0 into batches.
+            or (sentences, 1) strings; for a model of several inputs a list of
+            one array per input (e.g. an encoder's and a decoder's sequences).
+            Sliced along axis 0 into batches.
         token_classes: (sentences, time) integers on the traced layer's time
             axis: the class index (into `class_names`) of each step, -1 for a
             step not counted. Steps the layer does not read (masked) never count.
@@ -345,9 +325,11 @@ def gate_statistics(
         mask: Optional (sentences, time) booleans for the layer (a model's own
             mask, e.g. from ``Embedding(mask_zero=True)``, is used otherwise).
         initial_state: Optional initial state ([h_0, s_0] for the LSTM, [s_0]
-            for the GRU), (sentences, units) each. The first step's
-            |s_t - s_{t-1}| is taken from it (zeros when not given; a model
-            that feeds the layer a state should pass that state here).
+            for the GRU), (sentences, units) each. Default: the state the
+            trace starts from (``trace_gates``): the one the model feeds the
+            layer, a stateful layer's carried state (sentence n from row
+            n mod B of its fixed batch B), else zeros. The first step's
+            |s_t - s_{t-1}| is taken from the same state the trace starts from.
         confidence: The intervals' level, e.g. 0.95.
         method: ``"bootstrap"`` (percentile, over sentences) or ``"t"``.
         resamples: Bootstrap resamples.
@@ -371,9 +353,21 @@ def gate_statistics(
     _check_arguments(
         token_classes, class_names, confidence, method, resamples, batch_size
     )
-    if isinstance(inputs, (list, tuple)):
-        inputs = np.asarray(inputs)
-    sentences = int(inputs.shape[0])
+    several = len(getattr(layer_or_model, "inputs", None) or ()) > 1
+    if several and isinstance(inputs, (list, tuple)):
+        inputs = [np.asarray(part) for part in inputs]  # one per model input
+        sizes = {int(part.shape[0]) for part in inputs}
+        if len(sizes) != 1:
+            raise ValueError(
+                "`inputs` must hold one array per model input, each with one row "
+                "per sentence; received arrays of "
+                f"{[int(part.shape[0]) for part in inputs]} rows."
+            )
+        sentences = sizes.pop()
+    else:
+        if isinstance(inputs, (list, tuple)):
+            inputs = np.asarray(inputs)
+        sentences = int(inputs.shape[0])
     if token_classes.shape[0] != sentences:
         raise ValueError(
             f"`token_classes` must have one row per sentence of `inputs` "
@@ -391,6 +385,12 @@ def gate_statistics(
             )
         ]
     trace_layer = {} if layer is None else {"layer": layer}
+    carried = _stateful_states(_traced_layer(layer_or_model, layer))
+    if carried is not None and initial_state is None:
+        # Whole multiples of the state's fixed batch B, so sentence n starts
+        # from row n mod B, as the trace of them all at once would.
+        fixed = int(carried[0].shape[0])
+        batch_size = max(fixed, batch_size - batch_size % fixed)
     backwards = None
     sums, counts = [], []
     for start in range(0, sentences, batch_size):
@@ -400,15 +400,14 @@ def gate_statistics(
             if initial_state is None
             else [state[start:stop] for state in initial_state]
         )
-        trace = trace_gates(
+        trace, target, starts = _trace(
             layer_or_model,
-            inputs[start:stop],
+            [part[start:stop] for part in inputs] if several else inputs[start:stop],
             mask=_batch(mask, start, stop),
             initial_state=state,
             **trace_layer,
         )
         if backwards is None:
-            target = _target_layer(layer_or_model, layer)
             backwards = bool(getattr(target, "go_backwards", False))
         classes = token_classes[start:stop]
         if classes.shape != trace["i"].shape[:2]:
@@ -417,10 +416,8 @@ def gate_statistics(
                 f"= {trace['i'].shape[:2]} for sentences {start}..{stop - 1}; "
                 f"received rows of shape {classes.shape}."
             )
-        s_start = (
-            np.zeros_like(trace["s"][:, 0]) if state is None else state[-1]
-        )  # the carried state s_{-1}: the last of [h, s] or [s]
-        steps, read = _per_step(trace, s_start, backwards)
+        # The state the trace started from, s_{-1}: the last of [h, s] or [s].
+        steps, read = _per_step(trace, starts[-1], backwards)
         # (batch, time, classes): step t of sentence n is read and of class c
         member = read[..., None] & (classes[..., None] == np.arange(len(class_names)))
         sums.append(np.einsum("btc,btq->bcq", member.astype("float64"), steps))

@@ -2,8 +2,9 @@
 
 Keras fixes its backend at import, so the JAX run is a separate pytest process
 over the tests marked `jax_parity` (tests/test_layers.py, tests/test_convert.py,
-and tests/test_kernel_functions.py: the sequence kernels in every form, values and
-gradients under jax.jit).
+tests/test_kernel_functions.py: the sequence kernels in every form, values and
+gradients under jax.jit; tests/test_cudnn.py and tests/test_keras_internals.py:
+the cuDNN decision and Keras's fused LSTM kernel on JAX).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def test_parity_suite_passes_under_jax():
             str(TESTS / "test_layers.py"),
             str(TESTS / "test_convert.py"),
             str(TESTS / "test_kernel_functions.py"),
+            str(TESTS / "test_cudnn.py"),
+            str(TESTS / "test_keras_internals.py"),
         ],
         capture_output=True,
         text=True,

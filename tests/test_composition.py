@@ -64,12 +64,9 @@ def test_stacked_cells_with_dropout_train_as_the_builtins():
     same stack of built-in cells (GRU with reset_after=False) with the same
     weights and seeds: the RNN draws the same masks, once per batch, for our
     cells too (keras_internals.dropout_cell_marker). Losses and weights agree
-    to float32 rounding over 2 epochs of 2 batches (measured: 0.0).
-
-    Input dropout only: with recurrent_dropout > 0 Keras's cells switch to
-    implementation 1 and draw one mask per gate, where keras_gates draws one
-    per cell, so the built-ins are no oracle for it (see test_layers.py's
-    test_dropout_masks_fixed_across_time and the NumPy reference instead)."""
+    to float32 rounding over 2 epochs of 2 batches. The LSTM cell has
+    recurrent dropout too: Keras's cells then draw one mask per gate block
+    (implementation 1), and so do keras_gates' cells."""
 
     def stack(lstm_cell, gru_cell):
         return keras.Sequential(
@@ -81,11 +78,11 @@ def test_stacked_cells_with_dropout_train_as_the_builtins():
         )
 
     ours = stack(
-        keras_gates.LSTMCell(4, dropout=0.3, seed=1),
+        keras_gates.LSTMCell(4, dropout=0.3, recurrent_dropout=0.2, seed=1),
         keras_gates.GRUCell(3, dropout=0.2, seed=2),
     )
     builtin = stack(
-        keras.layers.LSTMCell(4, dropout=0.3, seed=1),
+        keras.layers.LSTMCell(4, dropout=0.3, recurrent_dropout=0.2, seed=1),
         keras.layers.GRUCell(3, dropout=0.2, seed=2, reset_after=False),
     )
     builtin.set_weights(ours.get_weights())

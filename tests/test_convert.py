@@ -1,4 +1,4 @@
-"""keras_gates against the Keras built-ins after copying weights (SPEC §1).
+"""keras_gates against the Keras built-ins after copying weights (lstm.py, gru.py).
 
 The built-ins are an independent implementation of the same maths, with the
 same variables: keras.layers.LSTM (blocks i, f, c, o) and

@@ -1,7 +1,7 @@
 """The drop-in promise: checkpoints move between the built-ins and keras_gates.
 
 keras_gates.LSTM / GRU store exactly keras.layers.LSTM's / GRU(reset_after=
-False)'s variables (SPEC §1), so swapping the layer in a model and calling
+False)'s variables (lstm.py, gru.py), so swapping the layer in a model and calling
 `load_weights` on what the other model wrote (a `.weights.h5`, a
 BackupAndRestore folder, a `.keras` file) must give the writer's outputs and
 train on identically. Oracle: the other model itself (an independent
@@ -10,7 +10,7 @@ implementation of the same maths). Tolerances: outputs right after loading
 training steps 1e-5 (those ulps pass through Adam's normalisation).
 
 Checkpoints that cannot fit are refused with the reason; files written by
-keras_gates before it stored the built-ins' order (tests/data, written at
+keras_gates 0.1, before it stored the built-ins' order (tests/data, written at
 commit 7f43805 by tests/data/make_legacy.py) load and give their outputs.
 """
 
@@ -194,7 +194,7 @@ def legacy_expected() -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def test_legacy_keras_file_loads(tmp_path):
-    """A .keras file written in the old block order ([o | i | f | s~], GRU
+    """A .keras file of keras_gates 0.1's block order ([o | i | f | s~], GRU
     [o | i | s~]) loads converted: its config has no `weight_layout`."""
     x, want = legacy_expected()
     loaded = keras.saving.load_model(DATA / "legacy_lstm_gru.keras")

@@ -4,7 +4,7 @@ Each script runs in a fresh interpreter; each notebook runs in a real Jupyter
 kernel (nbclient) that uses this interpreter. Tiny mode (KERAS_GATES_TINY=1)
 trains for a few steps on a small part of the real data, so the checks are
 "better than chance on held-out data" and "the files were written", not
-full-run accuracies (those are in the README).
+full-run accuracies (those are in examples/README.md).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ KERAS_FILES = {
     "name_nationality": "name_nationality.keras",
     "fine_tune": "sentiment_products.keras",
 }
+# The examples that show a keras_gates.GateView, and the first words it shows.
+GATE_VIEWS = {
+    "sentiment": ["the", "first", "half"],
+    "name_nationality": ["n", "o", "w", "a", "k"],
+}
 SERVED = {
     "sentiment": "sentiment",
     "pos_tagging": "pos_tagger",
@@ -96,6 +101,17 @@ def check_outputs(stem: str, output: str, workdir: pathlib.Path) -> None:
     assert any((v / "saved_model.pb").is_file() for v in versions), served
 
 
+def first_view_tokens(htmls: list[str]) -> list[str]:
+    """The first sentence's tokens in the one gate view among `htmls`, read back
+    from the view's embedded data."""
+    views = [h for h in htmls if 'class="kg-gate-data"' in h]
+    assert len(views) == 1, f"{len(views)} gate views"
+    found = re.search(r'class="kg-gate-data">(.*?)</script>', views[0], re.S)
+    data = json.loads(found.group(1))
+    assert data["format"] == "keras_gates.GateView/1"
+    return data["sentences"][0]["tokens"]
+
+
 @pytest.fixture(scope="module")
 def script_workdir(tmp_path_factory):
     # One folder for all scripts: fine_tune starts from sentiment's .keras file.
@@ -115,6 +131,10 @@ def test_script_runs_in_tiny_mode(stem, script_workdir):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     check_outputs(stem, result.stdout, script_workdir)
+    if stem in GATE_VIEWS:
+        page = script_workdir / "example_outputs" / f"{stem}_gate_view.html"
+        tokens = first_view_tokens([page.read_text(encoding="utf-8")])
+        assert tokens[: len(GATE_VIEWS[stem])] == GATE_VIEWS[stem]
     if stem == "sentiment":
         assert "P(positive) = " in result.stdout
         assert (script_workdir / "example_outputs" / "sentiment_gates.png").is_file()
@@ -192,5 +212,15 @@ def test_notebook_runs_in_tiny_mode(stem, kernel_env, tmp_path_factory, monkeypa
             if "image/png" in item.get("data", {})
         ]
         assert images, "the gate heatmap should be shown in the notebook"
+    if stem in GATE_VIEWS:  # shown inline as HTML
+        htmls = [
+            item["data"]["text/html"]
+            for cell in nb.cells
+            if cell.cell_type == "code"
+            for item in cell.outputs
+            if "text/html" in item.get("data", {})
+        ]
+        tokens = first_view_tokens(htmls)
+        assert tokens[: len(GATE_VIEWS[stem])] == GATE_VIEWS[stem]
     if stem == "fine_tune":  # a new version beside sentiment's own
         assert len(list((workdir / "saved_models" / "sentiment").iterdir())) >= 2

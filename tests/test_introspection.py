@@ -1,6 +1,6 @@
 """trace_gates / gate_sequences / gradient_flow against independent oracles.
 
-Oracles: tests/reference.py (SPEC §1 in float64 NumPy, keras.layers.RNN's
+Oracles: tests/reference.py (the cells' equations in float64 NumPy, keras.layers.RNN's
 mask and go_backwards semantics) for the traces; the layer's own outputs and
 final states for h and s; a linear RNN whose gradients are known in closed
 form for gradient_flow. Tolerances: ATOL/RTOL of conftest.py.
@@ -391,3 +391,89 @@ def test_gradient_flow_errors():
         gradient_flow(model, np.zeros((2, 3, 2), "int32"))
     with pytest.raises(TypeError, match="`model` must be a Keras model"):
         gradient_flow("model", np.zeros((2, 3, 2), "float32"))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidirectional_directions_inside_a_model_equal_its_outputs(kind):
+    """Both directions of a Bidirectional in a model, by every selector: the
+    wrapper's name plus forward/backward, the tag, the inner layer's name and
+    object. Each trace equals the NumPy oracle (the model's mask, the
+    direction's half of the wrapper's initial state) and, at the steps read,
+    the model's own outputs."""
+    units, n_states = 4, 2 if kind == "lstm" else 1
+    x_in = keras.Input((None, 3))
+    mask_in = keras.Input((None,), dtype="bool")
+    state_in = [keras.Input((units,)) for _ in range(2 * n_states)]
+    bi = keras.layers.Bidirectional(
+        make_layer(kind, units, 3, seed=4, return_sequences=True), name="bi"
+    )
+    outputs = bi(x_in, initial_state=state_in, mask=mask_in)
+    model = keras.Model([x_in, mask_in, *state_in], outputs)
+    x = random_inputs(3, 6, 3)
+    mask = np.array(MASKS["gaps"], bool)
+    states = [random_inputs(1, 3, units, seed=10 + k)[0] for k in range(2 * n_states)]
+    real = as_numpy(model([x, mask, *states]))
+    output_name = "h" if kind == "lstm" else "s"
+    for direction, inner, half, columns in (
+        ("forward", bi.forward_layer, states[:n_states], slice(0, units)),
+        ("backward", bi.backward_layer, states[n_states:], slice(units, None)),
+    ):
+        want = expected_trace(kind, inner, x, mask, direction == "backward", half)
+        for selector in (
+            f"bi/{direction}",
+            f"bi/{inner.name}",
+            inner.name,
+            inner,
+        ):
+            got = trace_gates_(model, [x, mask, *states], layer=selector)
+            assert_trace_equal(got, want)
+        # The model's output at a read step is the state the trace holds.
+        np.testing.assert_allclose(
+            np.where(mask[..., None], got[output_name], 0.0),
+            np.where(mask[..., None], real[..., columns], 0.0),
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    for selector in ("bi", bi, 0 if model.layers[0] is bi else model.layers.index(bi)):
+        with pytest.raises(ValueError, match="'bi/forward_\\w+', 'bi/backward_\\w+'"):
+            trace_gates_(model, [x, mask, *states], layer=selector)
+
+
+def test_layer_in_a_nested_sub_model_is_found_and_fed():
+    """A keras_gates layer inside a sub-model (an "encoder" model called by
+    the outer one, behind a Dense): found by "encoder/lstm" or its own name,
+    fed what the outer model hands the sub-model."""
+    inner_in = keras.Input((None, 3))
+    lstm = make_layer("lstm", 4, 3, seed=2, return_sequences=True, name="lstm")
+    encoder = keras.Model(inner_in, lstm(inner_in), name="encoder")
+    x_in = keras.Input((None, 2))
+    dense = keras.layers.Dense(3, name="project")
+    model = keras.Model(x_in, keras.layers.Dense(1)(encoder(dense(x_in))))
+    x = random_inputs(2, 5, 2)
+    projected = as_numpy(dense(x))
+    want = expected_trace("lstm", lstm, projected, None, False)
+    for selector in ("encoder/lstm", "lstm", lstm):
+        assert_trace_equal(trace_gates_(model, x, layer=selector), want)
+    assert_trace_equal(trace_gates_(model, x), want)  # the only one
+    tags = [t.tag for t in keras_gates.introspection.gated_layers(model)]
+    assert tags == ["encoder/lstm"]
+
+
+def test_stateful_layer_traces_more_sequences_than_its_batch(variant):
+    """8 sequences through a stateful layer of fixed batch 4 (no initial
+    state passed): traced 4 at a time, sequence n from row n mod 4 of the
+    carried state; no error about an `initial_state` never given."""
+    layer = make_layer(variant, 4, 3, batch=4, stateful=True, return_sequences=True)
+    layer(random_inputs(4, 5, 3, seed=2))
+    carried = [as_numpy(s).copy() for s in layer.states]
+    x = random_inputs(8, 6, 3, seed=3)
+    got = trace_gates_(layer, x)
+    rows = np.arange(8) % 4
+    want = expected_trace(
+        variant, layer, x, None, False, [state[rows] for state in carried]
+    )
+    assert_trace_equal(got, want)
+    short = trace_gates_(layer, x[:3])  # fewer: the first rows
+    assert_trace_equal(short, {name: value[:3] for name, value in want.items()})
+    for state, before in zip(layer.states, carried, strict=True):
+        np.testing.assert_array_equal(as_numpy(state), before)

@@ -29,6 +29,7 @@ COUNT_BATCH = "BackupAndRestore._should_save_on_batch"
 BACKUP_EPOCH = "BackupAndRestore._current_epoch"
 PROGRESS_FILE = "BackupAndRestore's training_metadata.json"
 FIT_FRAME = "the running fit's frame (running_fit_arguments)"
+LSTM_KERNEL = "keras.src.backend.<backend>.rnn.lstm (via keras.layers.LSTM's module)"
 
 
 @contextlib.contextmanager
@@ -110,6 +111,19 @@ def test_inbound_nodes_keep_each_argument():
         assert args[0] is sequences, args
         assert kwargs["initial_state"][0] is state, kwargs
         assert kwargs["mask"] is mask, kwargs
+
+
+def test_keras_mask_is_the_mask_a_layer_receives():
+    """A masked symbolic tensor carries the mask the next layer is called with."""
+    x = keras.Input((None, 3))
+    masked = keras.layers.Masking()(x)
+    assert internals.keras_mask(x) is None
+    mask = internals.keras_mask(masked)
+    assert mask is not None and tuple(mask.shape) == (None, None)
+    layer = keras.layers.SimpleRNN(2)
+    layer(masked)
+    _, kwargs = internals.symbolic_call_arguments(layer)
+    assert kwargs["mask"] is mask, kwargs
 
 
 def test_initial_epoch_set_in_on_train_begin_moves_fit():
@@ -241,6 +255,44 @@ def _rename_fit(monkeypatch):
     monkeypatch.setattr(fit, "__code__", fit.__code__.replace(co_name="run_fit"))
 
 
+@pytest.mark.jax_parity
+def test_keras_lstm_kernel_takes_the_cells_variables_and_refuses_without_a_gpu():
+    """The touch's assumptions, on the backend in use (tests/test_backends.py
+    runs this again under JAX): Keras's fused LSTM takes the arguments
+    keras.layers.LSTM.inner_loop passes, and raises NotImplementedError where
+    cuDNN cannot run (this machine has no GPU), so the layer falls back."""
+    with touch(LSTM_KERNEL):
+        kernel = internals.keras_lstm_kernel()
+        parameters = list(inspect.signature(kernel).parameters)
+        assert parameters[:12] == list(internals.KERAS_LSTM_ARGUMENTS), parameters
+        cell = keras.layers.LSTM(3)
+        x = np.zeros((2, 4, 5), "float32")
+        cell(x)  # builds
+        h0 = np.zeros((2, 3), "float32")
+        with pytest.raises(NotImplementedError):
+            kernel(
+                x,
+                h0,
+                h0,
+                None,
+                kernel=cell.cell.kernel,
+                recurrent_kernel=cell.cell.recurrent_kernel,
+                bias=cell.cell.bias,
+                activation=cell.cell.activation,
+                recurrent_activation=cell.cell.recurrent_activation,
+                return_sequences=True,
+                go_backwards=False,
+                unroll=False,
+            )
+
+
+def _rename_lstm_kernel(monkeypatch):
+    import sys
+
+    module = sys.modules[keras.layers.LSTM.__module__]
+    monkeypatch.setattr(module.backend, "lstm", lambda inputs, h, c, mask: None)
+
+
 SABOTAGE = {
     MARKER: (_remove_dropout_cell, test_dropout_rnn_cell_marker),
     NODES: (_rename_inbound_nodes, test_inbound_nodes_keep_each_argument),
@@ -261,6 +313,10 @@ SABOTAGE = {
         test_training_metadata_holds_epoch_and_last_batch,
     ),
     FIT_FRAME: (_rename_fit, test_fit_frame_holds_the_callers_data_arguments),
+    LSTM_KERNEL: (
+        _rename_lstm_kernel,
+        test_keras_lstm_kernel_takes_the_cells_variables_and_refuses_without_a_gpu,
+    ),
 }
 
 
@@ -288,6 +344,7 @@ def test_every_touch_has_a_test():
     covered = {
         "dropout_cell_marker",
         "symbolic_call_arguments",
+        "keras_mask",
         "set_initial_epoch",
         "count_batch_without_saving",
         "set_backup_epoch",
@@ -295,6 +352,7 @@ def test_every_touch_has_a_test():
         "read_backup_progress",
         "running_fit_arguments",
         "in_xla_compilation",
+        "keras_lstm_kernel",
     }
     assert touches == covered
 

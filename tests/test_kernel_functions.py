@@ -51,6 +51,7 @@ CASES = {
     },
     "last_output_with_mask": {"mask": GAPS, "return_sequences": False},
     "dropout_masks": {"dropout": True},
+    "dropout_masks_per_gate_block": {"dropout": "per_block"},
 }
 
 
@@ -98,7 +99,23 @@ def test_kernel_equals_oracle(variant, form, case):
         states = [random((3, 5), 7 + k) for k in range(n_states)]
         options["states"] = states
         oracle["initial_state"] = states
-    if spec.pop("dropout", False):
+    dropout = spec.pop("dropout", False)
+    if dropout == "per_block":
+        # Keras's implementation 1: one mask per gate block, block order.
+        blocks = weights[1].shape[1] // 5
+        input_mask = [
+            (random((3, 4), 30 + j) > 0).astype("float32") * 2.0 for j in range(blocks)
+        ]
+        recurrent_mask = [
+            (random((3, 5), 40 + j) > -0.5).astype("float32") / 0.7
+            for j in range(blocks)
+        ]
+        options["input_dropout_mask"] = input_mask
+        options["recurrent_dropout_mask"] = recurrent_mask
+        x_oracle = x
+        oracle["input_mask"] = input_mask
+        oracle["recurrent_mask"] = recurrent_mask
+    elif dropout:
         input_mask = (random((3, 4), 3) > 0).astype("float32") * 2.0
         recurrent_mask = (random((3, 5), 4) > -0.5).astype("float32") / 0.7
         options["input_dropout_mask"] = input_mask
@@ -584,3 +601,51 @@ def test_inference_draws_no_dropout_masks(variant):
     np.testing.assert_array_equal(as_numpy(state), before)
     layer(x, training=True)
     assert not np.array_equal(as_numpy(state), before)
+
+
+def dropout_model(builtin, kind, dropout, recurrent_dropout, seed, unroll=False):
+    options = {"dropout": dropout, "recurrent_dropout": recurrent_dropout, "seed": seed}
+    options["unroll"] = unroll
+    if builtin:
+        layer = (
+            keras.layers.LSTM(4, **options)
+            if kind == "lstm"
+            else keras.layers.GRU(4, reset_after=False, **options)
+        )
+    else:
+        layer = (keras_gates.LSTM if kind == "lstm" else keras_gates.GRU)(4, **options)
+    return keras.Sequential([keras.Input((None, 3)), layer, keras.layers.Dense(1)])
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "dropout,recurrent_dropout,unroll",
+    [(0.3, 0.0, False), (0.0, 0.5, False), (0.3, 0.3, False), (0.3, 0.3, True)],
+)
+def test_dropout_training_equals_the_builtins(kind, dropout, recurrent_dropout, unroll):
+    """A model trained with a keras_gates layer equals the same model with the
+    built-in (keras.layers.LSTM, GRU(reset_after=False)): same weights, seeds
+    and data, 4 epochs of 2 batches. The masks are the built-in cell's draws:
+    one each, or with recurrent_dropout > 0 one per gate block (Keras's
+    implementation 1), in the same order from the same seed generator; in the
+    sequence kernel and, unrolled, in the cell's own call."""
+    ours = dropout_model(False, kind, dropout, recurrent_dropout, 7, unroll)
+    builtin = dropout_model(True, kind, dropout, recurrent_dropout, 7, unroll)
+    builtin.set_weights(ours.get_weights())
+    initial = ours.get_weights()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 3)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    losses = []
+    for model in (ours, builtin):
+        model.compile(keras.optimizers.SGD(0.5), "mse")
+        history = model.fit(x, y, epochs=4, batch_size=4, shuffle=False, verbose=0)
+        losses.append(history.history["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    for got, want in zip(ours.get_weights(), builtin.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # Training moved the weights, and dropout was on (a training pass differs
+    # from the inference pass).
+    assert not np.allclose(ours.get_weights()[1], initial[1], atol=1e-3)
+    assert not np.allclose(as_numpy(ours(x, training=True)), as_numpy(ours(x)))

@@ -157,7 +157,7 @@ def test_cell_in_rnn_equals_step_by_step(variant):
 
 
 def test_weight_layout(variant):
-    """Names and shapes of SPEC §1's layout (a stored manifest, haiku-style),
+    """Names and shapes of lstm.py's / gru.py's layout (a stored manifest, haiku-style),
     and, with a forget gate, exactly the built-in's variables."""
     layer = make_layer(variant, 5, 3)
     blocks = {"lstm": 4, "lstm_no_forget": 3, "gru": 3}[variant]
@@ -211,16 +211,23 @@ def test_dropout_masks_fixed_across_time(variant):
     assert not np.allclose(a, b), "masks must be drawn afresh for every call"
 
     # Draw this call's masks first; the layer then uses them (and drops them).
+    # With recurrent_dropout > 0 there is one mask per gate block, as Keras's
+    # cells draw them (implementation 1).
     cell = layer.cell
-    input_mask = as_numpy(cell.get_dropout_mask(keras.ops.convert_to_tensor(x[:, 0])))
-    state_mask = as_numpy(cell.get_recurrent_dropout_mask(keras.ops.zeros((8, 3))))
+    blocks = cell.num_gate_blocks
+    input_mask = cell.get_dropout_mask(keras.ops.convert_to_tensor(x[:, 0]))
+    state_mask = cell.get_recurrent_dropout_mask(keras.ops.zeros((8, 3)))
+    assert len(input_mask) == len(state_mask) == blocks
+    input_mask = [as_numpy(m) for m in input_mask]
+    state_mask = [as_numpy(m) for m in state_mask]
     assert set(np.unique(input_mask)) <= {0.0, 2.0}
-    kept = state_mask[state_mask != 0]
+    kept = np.concatenate(state_mask)[np.concatenate(state_mask) != 0]
     np.testing.assert_allclose(kept, 1 / 0.6, rtol=1e-6)
+    assert not np.array_equal(state_mask[0], state_mask[1]), "one draw per block"
     got = as_numpy(layer(x, training=True))
     assert getattr(cell, "_dropout_mask", None) is None, "masks are reset after a call"
     want, _, _, _ = reference(
-        variant, layer, x * input_mask[:, None, :], recurrent_mask=state_mask
+        variant, layer, x, input_mask=input_mask, recurrent_mask=state_mask
     )
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     # Inference ignores dropout.

@@ -248,7 +248,7 @@ def test_bad_arguments_fail_before_the_first_batch(tmp_path, case):
         "probe_rank": ({"probe": np.zeros((2, 5), "float32")}, r"`probe` must"),
         "layer_not_gated": (
             {"layers": ["dense"]},
-            r"`layers` must name keras_gates .*received 'dense', a Dense",
+            r"`layers` must name .*keras_gates .*received 'dense', a Dense",
         ),
         "layer_unknown": ({"layers": "lsmt"}, r"`layers` must .*'lstm'.*'lsmt'"),
         "log_dir": ({"log_dir": blocker / "logs"}, r"`log_dir` must .*a_file"),
@@ -298,8 +298,7 @@ def test_bad_arguments_fail_at_construction(tmp_path, monkeypatch):
 def test_beside_keras_tensorboard_and_selected_layers(tmp_path):
     x, y = token_data()
     # update_freq=5 leaves a record_if(batch % 5 == 0) around the epoch end
-    # (4 batches per epoch): the monitor's summaries must not obey it. (Keras
-    # 3.15's own epoch_loss does, and is lost at those epochs.)
+    # (4 batches per epoch): the monitor's summaries must not obey it.
     board = keras.callbacks.TensorBoard(tmp_path, histogram_freq=1, update_freq=5)
     monitor = keras_gates.GateMonitor(x[:4], tmp_path, layers=["forward_gru", "lstm"])
     token_model().fit(
@@ -316,9 +315,11 @@ def test_beside_keras_tensorboard_and_selected_layers(tmp_path):
     assert {tag.split("/")[0] for tag in ours} == {"lstm", "bi"}
     assert not any("backward" in tag for tag in ours)
     assert all(sorted(steps) == [0, 1] for steps in ours.values())
-    theirs = read_events(tmp_path / "train")
-    assert sorted(theirs["batch_loss"]) == [5]  # Keras's run, untouched
-    assert not any(tag.startswith(("lstm/", "bi/")) for tag in theirs)
+    # Keras's runs get none of ours (what Keras itself writes there is its
+    # own, and differs between Keras versions).
+    for run in ("train", "validation"):
+        theirs = read_events(tmp_path / run)
+        assert not any(tag.startswith(("lstm/", "bi/", "gates")) for tag in theirs)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="no jax")

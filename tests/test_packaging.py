@@ -121,3 +121,47 @@ def test_optional_imports_are_guarded():
                 assert not is_import or id(node) in guarded, (
                     f"{relative}:{node.lineno} imports optional {module} unguarded"
                 )
+
+
+# folders that are not the project's files: tools' caches, builds, run outputs
+NOT_THE_PROJECT = {
+    ".git", ".venv", "__pycache__", "build", "dist", ".pytest_cache",
+    ".ruff_cache", ".hypothesis", "demo_output", "example_outputs",
+}  # fmt: skip
+
+
+def _project_files():
+    for path in sorted(ROOT.rglob("*")):
+        parts = path.relative_to(ROOT).parts
+        if any(p in NOT_THE_PROJECT or p.endswith(".egg-info") for p in parts):
+            continue
+        if path.is_file():
+            try:
+                yield path, path.read_text()
+            except UnicodeDecodeError:  # binary data: .keras, .npy, pictures
+                continue
+
+
+def test_nothing_cites_a_contract_that_does_not_ship():
+    """The contract (maths, weight layout, public names, serving) lives in the
+    repository: the README, the cells' docstrings (keras_gates/lstm.py,
+    gru.py), keras_gates/__init__.py. No file points at the developers' notes
+    outside it."""
+    outside = re.compile(r"\bSP" + r"EC\b|/work/sha" + "red")  # not this line
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path, text in _project_files()
+        for number, line in enumerate(text.splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_version_is_the_changelog_s_newest():
+    """`keras_gates.__version__` (setup.cfg reads it) is the CHANGELOG's newest
+    version heading."""
+    init = (ROOT / "keras_gates" / "__init__.py").read_text()
+    version = re.search(r'^__version__ = "(.+)"$', init, re.M).group(1)
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    newest = re.search(r"^## \[(\d[^\]]*)\]", changelog, re.M).group(1)
+    assert newest == version

@@ -1,6 +1,6 @@
 """export_for_serving, checked through TF Serving's own C++ loader.
 
-Every export here is run by `keras_gates.verify.run_signatures`: a child process
+Every export here is run by `keras_gates.serving.verify.run_signatures`: a child process
 that never imports TensorFlow's Python package and calls the C API
 (TF_LoadSessionFromSavedModel / TF_SessionRun), the loader tensorflow_model_server
 uses. The oracle is Keras itself: the model called on the same inputs, and on
@@ -23,7 +23,7 @@ from reference import run as reference_run
 
 import keras_gates
 from keras_gates.serving import export_for_serving
-from keras_gates.verify import FromRequest, run_signatures, verify_saved_model
+from keras_gates.serving.verify import FromRequest, run_signatures, verify_saved_model
 
 ATOL = 1e-5
 RTOL = 1e-4

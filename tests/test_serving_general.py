@@ -5,7 +5,7 @@ exported whole: `serving_default` (and `with_lengths` for masked token models)
 runs the model itself; `step` and `gates`, which follow one forward cell, are not
 written, and the export's metadata and log line say why. As in test_serving.py
 the served outputs come from TF Serving's own C++ loader
-(`keras_gates.verify.run_signatures`, no TensorFlow Python package in that
+(`keras_gates.serving.verify.run_signatures`, no TensorFlow Python package in that
 process) and the oracle is the Keras model on the same inputs.
 
 Tolerance: float32 graph vs float32 Keras, ATOL 1e-5 / RTOL 1e-4.
@@ -24,7 +24,7 @@ import pytest
 import keras_gates
 from keras_gates import cli
 from keras_gates.serving import export_for_serving
-from keras_gates.verify import run_signatures, verify_saved_model
+from keras_gates.serving.verify import run_signatures, verify_saved_model
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -266,3 +266,158 @@ def test_stateful_bidirectional_is_refused(tmp_path):
     with pytest.raises(ValueError, match="stateful=True"):
         export_for_serving(model, tmp_path, "m", verify=False)
     assert not (tmp_path / "m").exists()
+
+
+def functional(*make, time=None):
+    """Input((time, 3)) -> each layer in turn; `make` items are layers."""
+    x = keras.Input((time, 3))
+    y = x
+    for layer in make:
+        y = layer(y)
+    return keras.Model(x, y)
+
+
+def reasons_of(model) -> dict:
+    from keras_gates.serving import analysis, signatures
+
+    return signatures.applicable(analysis.describe(model))
+
+
+def test_masking_before_the_rnn_keeps_step_and_gates(tmp_path):
+    """Input -> Masking -> GRU -> Dense as a functional model: one path (the
+    GRU also gets the Masking's mask, as Keras hands it on), so `step` and
+    `gates` are built, as for the same Sequential model, and verify."""
+    model = randomize(
+        functional(keras.layers.Masking(), keras_gates.GRU(4), keras.layers.Dense(2)),
+        seed=6,
+    )
+    assert reasons_of(model) == {"serving_default": None, "step": None, "gates": None}
+    path = export_for_serving(model, tmp_path, "masking", verify=True)
+    metadata = json.loads((path / "assets.extra" / "keras_gates.json").read_text())
+    assert set(metadata["signatures"]) == {"serving_default", "step", "gates"}
+
+
+def _two_recurrent():
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras_gates.GRU(4, return_sequences=True, name="first"),
+            keras_gates.LSTM(4, name="second"),
+        ]
+    )
+
+
+def _skip_connection():
+    x = keras.Input((None, 3))
+    projected = keras.layers.Dense(3, name="project")(x)
+    added = keras.layers.Add(name="add")([projected, x])
+    return keras.Model(x, keras_gates.GRU(4, name="gru")(added))
+
+
+def _shared_layer():
+    x = keras.Input((None, 3))
+    shared = keras.layers.Dense(3, name="shared")
+    return keras.Model(x, keras_gates.GRU(4)(shared(shared(x))))
+
+
+def _return_state():
+    x = keras.Input((None, 3))
+    output, _ = keras_gates.GRU(4, return_state=True, name="gru")(x)
+    return keras.Model(x, keras.layers.Dense(1)(output))
+
+
+def _nested():
+    inner_in = keras.Input((None, 3))
+    inner = keras.Model(inner_in, keras_gates.GRU(4, name="gru")(inner_in), name="enc")
+    return functional(inner, keras.layers.Dense(1))
+
+
+def _tokens(*layers, time=None):
+    return keras.Sequential([keras.Input((time,), dtype="int32"), *layers])
+
+
+STEP_GATES = ("step", "gates")
+# name -> (model factory, {signature: a piece of its reason}); every reason
+# string of serving/analysis.py and serving/signatures.py, each from a model
+# that triggers it, naming the layer or option that stops the signature.
+REASONS = {
+    "bidirectional": (
+        lambda: functional(keras.layers.Bidirectional(keras_gates.GRU(4), name="bi")),
+        dict.fromkeys(STEP_GATES, "has a Bidirectional layer 'bi'"),
+    ),
+    "two_recurrent": (
+        _two_recurrent,
+        dict.fromkeys(STEP_GATES, "has 2 recurrent layers ('first', 'second')"),
+    ),
+    "nested": (
+        _nested,
+        dict.fromkeys(STEP_GATES, "the recurrent layer 'gru' is not a keras_gates"),
+    ),
+    "go_backwards": (
+        lambda: functional(keras_gates.GRU(4, go_backwards=True, name="gru")),
+        dict.fromkeys(STEP_GATES, "'gru' has go_backwards=True"),
+    ),
+    "return_state": (
+        _return_state,
+        dict.fromkeys(STEP_GATES, "'gru' has return_state=True"),
+    ),
+    "skip_connection": (
+        _skip_connection,
+        dict.fromkeys(STEP_GATES, "layer 'add' does not take just the output of"),
+    ),
+    "shared_layer": (
+        _shared_layer,
+        # The GRU reads the shared layer's second output, not its first.
+        dict.fromkeys(STEP_GATES, "does not take just the output of 'shared'"),
+    ),
+    "conv_before": (
+        lambda: functional(
+            keras.layers.Conv1D(3, 2, padding="same", name="conv"), keras_gates.GRU(4)
+        ),
+        {
+            "step": "'conv' (Conv1D) is not known to act on each time step alone "
+            "(Conv1D, pooling, attention, Flatten and Reshape mix time steps) "
+            "before the recurrent layer; `step` streams one step at a time",
+            "gates": None,
+        },
+    ),
+    "time_axis_norm_after": (
+        lambda: functional(
+            keras_gates.GRU(4, return_sequences=True),
+            keras.layers.LayerNormalization(axis=1, name="norm"),
+            time=5,
+        ),
+        {
+            "step": "'norm' (LayerNormalization) acts over axis [1], not the feature "
+            "axis alone after the recurrent layer (which returns sequences)",
+            "gates": None,
+        },
+    ),
+    "fixed_length_tokens": (
+        lambda: _tokens(
+            keras.layers.Embedding(10, 3, mask_zero=True), keras_gates.GRU(4), time=5
+        ),
+        {"with_lengths": "the model takes a fixed length (5 steps)"},
+    ),
+    "unmasked_tokens": (
+        lambda: _tokens(
+            keras.layers.Embedding(10, 3),
+            keras.layers.Conv1D(3, 2, padding="same"),
+            keras_gates.GRU(4),
+        ),
+        {"with_lengths": "the model does not mask a padding token"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REASONS))
+def test_every_reason_names_what_stops_the_signature(case):
+    make, expected = REASONS[case]
+    reasons = reasons_of(make())
+    assert reasons["serving_default"] is None
+    for signature, piece in expected.items():
+        if piece is None:
+            assert reasons[signature] is None, (signature, reasons)
+        else:
+            assert reasons[signature] is not None, (signature, reasons)
+            assert piece in reasons[signature], (signature, reasons[signature])

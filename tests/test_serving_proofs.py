@@ -27,7 +27,7 @@ from conftest import snapshot_tree
 import keras_gates
 from keras_gates.serving import export_for_serving, signatures
 from keras_gates.serving.publish import remove_stale_staging, update_models_config
-from keras_gates.verify import FromRequest, run_signatures
+from keras_gates.serving.verify import FromRequest, run_signatures
 
 ATOL = 1e-5
 

@@ -1,6 +1,6 @@
 """keras_gates.gate_statistics against a direct NumPy computation.
 
-The oracle runs the sequences through tests/reference.py (SPEC §1 in NumPy,
+The oracle runs the sequences through tests/reference.py (the cells' equations in NumPy,
 float64, keras.layers.RNN's mask rule) and averages the gates per sentence and
 class with plain loops; the t intervals use SciPy's t quantile. Tolerances:
 1e-5 absolute (float32 layer against the float64 oracle, means of values in
@@ -222,3 +222,118 @@ def test_bad_arguments_are_named(change, message):
     arguments = {"token_classes": classes, "class_names": NAMES, **change}
     with pytest.raises(ValueError, match=message):
         keras_gates.gate_statistics(layer, x, mask=mask, **arguments)
+
+
+def seeded(kind, units=4, **arguments):
+    """A layer with the seeded initializers of make_layer, not yet built."""
+    layer_class = keras_gates.LSTM if kind == "lstm" else keras_gates.GRU
+    return layer_class(
+        units,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.8, seed=1),
+        recurrent_initializer=keras.initializers.RandomNormal(stddev=0.8, seed=2),
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=3),
+        **arguments,
+    )
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("sentences,batch_size", [(4, 256), (12, 256), (12, 5)])
+def test_stateful_layer_statistics_start_from_the_carried_state(
+    kind, sentences, batch_size
+):
+    """A stateful layer (fixed batch 4) after one call: sentence n's first
+    |s_t - s_{t-1}| is measured from row n mod 4 of the carried state, for 4
+    sentences (its batch) and 12 (more: the default batch_size of 256 and one
+    that is no multiple of 4), and the state is left as it was."""
+    layer = seeded(kind, stateful=True, return_sequences=True)
+    rng = np.random.default_rng(2)
+    layer(rng.normal(size=(4, 5, 3)).astype("float32"))  # moves the state
+    carried = [np.array(keras.ops.convert_to_numpy(s)) for s in layer.states]
+    assert np.abs(carried[-1]).max() > 0.1
+    x, mask, classes = data(sentences=sentences)
+    stats = keras_gates.gate_statistics(
+        layer, x, classes, NAMES, mask=mask, method="t", batch_size=batch_size
+    )
+    rows = np.arange(sentences) % 4
+    expected = oracle(
+        kind,
+        {},
+        layer.get_weights(),
+        x,
+        mask,
+        classes,
+        initial_state=[state[rows] for state in carried],
+    )
+    np.testing.assert_allclose(stats.per_sentence, expected, atol=ATOL)
+    from_zeros = oracle(kind, {}, layer.get_weights(), x, mask, classes)
+    assert np.nanmax(np.abs(from_zeros[..., 3] - expected[..., 3])) > 1e-3
+    for state, before in zip(layer.states, carried, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(state), before)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_model_fed_state_is_the_first_steps_s_tm1(kind):
+    """A decoder started from an encoder's final state: with no
+    `initial_state`, the statistics start from the state the model feeds."""
+    encoder = seeded(kind, return_state=True, name="encoder")
+    decoder = seeded(kind, return_sequences=True, name="decoder")
+    enc_in, dec_in = keras.Input((None, 2)), keras.Input((None, 3))
+    _, *enc_states = encoder(enc_in)
+    model = keras.Model(
+        [enc_in, dec_in],
+        keras.layers.Dense(1)(decoder(dec_in, initial_state=enc_states)),
+    )
+    x, mask, classes = data(sentences=6)
+    x_enc = np.random.default_rng(5).normal(size=(6, 4, 2)).astype("float32")
+    stats = keras_gates.gate_statistics(
+        model, [x_enc, x], classes, NAMES, layer="decoder", mask=mask, method="t"
+    )
+    _, _, enc_final, _ = reference.run(kind, x_enc, encoder.get_weights())
+    expected = oracle(
+        kind, {}, decoder.get_weights(), x, mask, classes, initial_state=enc_final
+    )
+    np.testing.assert_allclose(stats.per_sentence, expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidirectional_directions_with_mask_and_state(kind):
+    """Each direction of a Bidirectional inside a model, chosen as
+    "bi/forward" / "bi/backward": the model's Embedding mask, and its half of
+    the wrapper's initial state (model inputs), as the NumPy oracle."""
+    vocabulary, features, units = 12, 3, 4
+    n_states = 2 if kind == "lstm" else 1
+    tokens_in = keras.Input((None,), dtype="int32")
+    state_in = [keras.Input((units,)) for _ in range(2 * n_states)]
+    embedded = keras.layers.Embedding(vocabulary, features, mask_zero=True)(tokens_in)
+    bi = keras.layers.Bidirectional(
+        seeded(kind, units, return_sequences=True), name="bi"
+    )
+    # With initial_state Keras passes no Embedding mask by itself (more than
+    # one tensor argument): the model hands its mask explicitly.
+    mask = keras.ops.not_equal(tokens_in, 0)
+    outputs = bi(embedded, initial_state=state_in, mask=mask)
+    model = keras.Model([tokens_in, *state_in], outputs)
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(1, vocabulary, size=(6, 5))
+    tokens[:, 3:] = np.where(rng.random((6, 2)) < 0.6, 0, tokens[:, 3:])
+    states = [rng.normal(size=(6, units)).astype("float32") for _ in state_in]
+    classes = rng.integers(0, len(NAMES), size=tokens.shape)
+    x = model.layers[1].get_weights()[0][tokens]
+    for direction, inner, half in (
+        ("forward", bi.forward_layer, states[:n_states]),
+        ("backward", bi.backward_layer, states[n_states:]),
+    ):
+        stats = keras_gates.gate_statistics(
+            model, [tokens, *states], classes, NAMES, layer=f"bi/{direction}",
+            method="t", batch_size=4,
+        )  # fmt: skip
+        expected = oracle(
+            kind,
+            {"go_backwards": direction == "backward"},
+            inner.get_weights(),
+            x,
+            tokens != 0,
+            classes,
+            initial_state=half,
+        )
+        np.testing.assert_allclose(stats.per_sentence, expected, atol=ATOL)

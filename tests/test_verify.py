@@ -110,7 +110,7 @@ def test_reexport_is_refused_and_leaves_version_byte_identical(exported, capsys)
         ]
     )
     assert status == 1
-    assert "already exists" in capsys.readouterr().out
+    assert "already exists" in capsys.readouterr().err
     assert snapshot(path) == before
 
 
@@ -198,7 +198,7 @@ def test_py_function_is_rejected(tmp_path, capsys):
 
 def test_verify_refuses_a_folder_without_saved_model(tmp_path, capsys):
     assert cli.main(["verify", str(tmp_path)]) == 1
-    assert "saved_model.pb" in capsys.readouterr().out
+    assert "saved_model.pb" in capsys.readouterr().err
 
 
 def test_next_export_removes_a_dead_exports_staging_folder(tmp_path):
@@ -257,7 +257,7 @@ def test_unwritable_base_is_refused_before_exporting(tmp_path, monkeypatch, caps
         ["export", str(keras_file), "--name", "m", "--base", str(tmp_path / "base")]
     )
     assert status == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "--base" in out and "cannot create a version" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "model.keras"]
     assert list((tmp_path / "base").iterdir()) == []
@@ -298,7 +298,7 @@ def test_the_loader_child_modules_import_neither_keras_nor_tensorflow():
         "('keras_gates.serving', root + '/serving')):\n"
         "    module = types.ModuleType(name); module.__path__ = [path]\n"
         "    sys.modules[name] = module\n"
-        "from keras_gates.serving import capi, checks, layout, samples\n"
+        "from keras_gates.serving import capi, layout, loader_child, samples\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('keras', 'tensorflow', 'jax'))\n"
         "print(heavy)\n"

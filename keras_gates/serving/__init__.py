@@ -11,7 +11,8 @@
     export       `export_for_serving`: the steps above, in order
     verify       the parent side of the C++ loader check (`verify_saved_model`,
                  `run_signatures`, `serving_latency`)
-    checks       the loader child's checks (no TensorFlow Python package)
+    loader_child the C++ loader check's child process: every check it makes
+                 (no TensorFlow Python package)
     capi         TensorFlow's C API, protos and TFRecords through ctypes
     layout       file names and version rules of the serving layout
     modelfile    reading a `.keras` file with clear errors

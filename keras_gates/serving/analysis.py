@@ -26,6 +26,8 @@ from typing import Any
 
 import keras
 
+from keras_gates import keras_internals
+
 
 def as_float32(x):
     """A floating tensor as float32: signatures take and return float32, also
@@ -420,11 +422,9 @@ def _chain(model, kind, input_dtype, recurrent, vectorizer):
     for flag in ("go_backwards", "return_state"):
         if getattr(rnn, flag):
             return None, f"the recurrent layer '{rnn.name}' has {flag}=True; {why}"
-    if not _is_sequential_path(model, layers):
-        return None, (
-            "the model's layers do not form one path (a branch or a skip "
-            f"connection); {why}"
-        )
+    path_break = _path_break(model, layers)
+    if path_break is not None:
+        return None, f"{path_break}; {why}"
     position = layers.index(rnn)
     pre, post = tuple(layers[:position]), tuple(layers[position + 1 :])
     step_pre, step_dtype = pre, input_dtype
@@ -465,16 +465,34 @@ def _chain(model, kind, input_dtype, recurrent, vectorizer):
     )
 
 
-def _is_sequential_path(model, layers) -> bool:
-    """Each layer takes exactly the previous layer's output (public graph API)."""
+def _path_break(model, layers) -> str | None:
+    """None if each layer takes exactly the previous layer's output (and its
+    mask, as Keras hands it on), else why not, naming the layer."""
     if isinstance(model, keras.Sequential):
-        return True
-    previous = model.inputs[0]
+        return None
+    previous, previous_name = model.inputs[0], "the model's input"
     for layer in layers:
         try:
-            if layer.input is not previous:
-                return False
-            previous = layer.output
+            fed = layer.input
+            output = layer.output
         except (AttributeError, ValueError):  # a layer called several times
-            return False
-    return previous is model.outputs[0]
+            fed, output = [None], None
+        fed = list(fed) if isinstance(fed, (list, tuple)) else [fed]
+        # A masked tensor's mask goes along as the `mask` argument.
+        extra = [
+            tensor
+            for tensor in fed[1:]
+            if tensor is not keras_internals.keras_mask(previous)
+        ]
+        if fed[0] is not previous or extra:
+            return (
+                f"layer '{layer.name}' does not take just {previous_name} (the "
+                "model's layers branch or skip there)"
+            )
+        previous, previous_name = output, f"the output of '{layer.name}'"
+    if previous is not model.outputs[0]:
+        return (
+            f"the model's output is not just {previous_name}, its last layer "
+            "(the model's layers branch or skip)"
+        )
+    return None

@@ -2,7 +2,7 @@
 
     keras-gates export MODEL.keras --name NAME --base DIR [--version N] [--overwrite]
 
-writes ``DIR/NAME/VERSION/`` in TF Serving's layout (SPEC §3)::
+writes ``DIR/NAME/VERSION/`` in TF Serving's layout (the README's serving section)::
 
     saved_model.pb, variables/          graph and weights (keras.export.ExportArchive)
     assets.extra/tf_serving_warmup_requests
@@ -54,9 +54,10 @@ With ``jit_compile=True`` every signature is XLA-compiled (faster at small
 batches; TF Serving then needs ``--xla_cpu_compilation_enabled=true``).
 
 Text models keep their TextVectorization in the graph (raw strings in). The graph
-is traced from the keras_gates cell's own ops, so it has no CudnnRNN ops and runs
-on any device; the export is refused if one slips in (a keras.layers.LSTM
-elsewhere in the model traced on a GPU).
+is traced from the keras_gates kernels (``keras_gates.cudnn.portable``: never
+cuDNN, even on a GPU), so it has no CudnnRNN ops and runs on any device; the
+export is refused if one slips in (a keras.layers.LSTM elsewhere in the model
+traced on a GPU).
 
 Publishing (staging beside the base, the atomic rename, versions of concurrent
 exports, retire/restore, models.config) is `keras_gates.serving.publish`.
@@ -74,6 +75,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_gates import cudnn
 from keras_gates.serving import proofs, publish, samples, signatures
 from keras_gates.serving.analysis import Description, describe
 from keras_gates.serving.layout import (
@@ -178,6 +180,9 @@ def write_warmup(path: Path, metadata: dict, written: dict, name: str) -> int:
     return len(requests)
 
 
+# Every signature is traced with the package's own kernels: a model exported
+# on a GPU machine loads in a CPU-only TF Serving.
+@cudnn.portable()
 def export_for_serving(
     model: keras.Model | str | os.PathLike,
     base: str | os.PathLike,

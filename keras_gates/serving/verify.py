@@ -3,7 +3,7 @@
     keras-gates verify DIR/NAME/VERSION [--model MODEL.keras] [--latency STEPS]
 
 A SavedModel that loads with ``tf.saved_model.load`` can still fail in
-``tensorflow_model_server`` (SPEC §3): the server restores by session, not by
+``tensorflow_model_server`` (see the README): the server restores by session, not by
 object graph, knows only the ops compiled into it, and has no Python. So this
 check runs in a child process that never imports the tensorflow Python package:
 it loads ``libtensorflow_cc.so.2`` from the installed wheel with ctypes and
@@ -12,7 +12,7 @@ run ``tensorflow::LoadSavedModel``, the loader the server calls. The protos are
 read with protobuf classes built from the descriptors in the wheel's ``*_pb2.py``
 files, without executing them (they import ``tensorflow``).
 
-The child (`keras_gates.serving.checks`, each check a named function) checks,
+The child (`keras_gates.serving.loader_child`, each check a named function) checks,
 in order:
 
 0. ``saved_model.pb`` and ``variables/variables.index`` with its data shards
@@ -35,7 +35,7 @@ the very inputs the child fed ``serving_default`` and compares (float32,
 mixed-precision policy, ``atol=rtol=2e-2``: a few bfloat16 ulps).
 
 This module is the parent side: it starts the child (which imports
-`keras_gates.serving.checks` with the package ``__init__`` files stubbed out, so
+`keras_gates.serving.loader_child` with the package ``__init__`` files stubbed out, so
 that neither keras nor TensorFlow's Python package is imported there) and reads
 its one-line report. The parent itself imports Keras only for ``--model``.
 """
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_gates.serving.checks import REPORT_PREFIX, Report
+from keras_gates.serving.loader_child import REPORT_PREFIX, Report
 
 BATCH_SIZES = (1, 2, 7)
 TIME_STEPS = (3, 8)
@@ -81,7 +81,7 @@ def _run_child(job: dict, timeout: float) -> dict:
         job_path.write_text(json.dumps(job))
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # The child imports keras_gates.serving.checks with the two package
+        # The child imports keras_gates.serving.loader_child with the two package
         # __init__ files stubbed out: running them would import keras and
         # with it TensorFlow's Python package, which the server does not have.
         code = (
@@ -92,8 +92,8 @@ def _run_child(job: dict, timeout: float) -> dict:
             "    module = types.ModuleType(name)\n"
             "    module.__path__ = [path]\n"
             "    sys.modules[name] = module\n"
-            "from keras_gates.serving import checks\n"
-            "sys.exit(checks.child_main(sys.argv[2]))\n"
+            "from keras_gates.serving import loader_child\n"
+            "sys.exit(loader_child.child_main(sys.argv[2]))\n"
         )
         package_root = Path(__file__).resolve().parents[1]
         process = subprocess.run(

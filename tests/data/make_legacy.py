@@ -1,6 +1,6 @@
 """Writes legacy_lstm_gru.keras and its expected outputs (run ONCE, long ago).
 
-The files in this folder were written by keras_gates at commit 7f43805, the
+The files in this folder were written by keras_gates 0.1 at commit 7f43805, the
 last one with the lecture's own weight layout (LSTM [o | i | f | s~], GRU
 [o | i | s~] with i = 1 - z), before the cells moved to Keras's layout. The
 test `tests/test_dropin.py::test_legacy_keras_file_loads` loads them with

@@ -87,7 +87,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Example:
 
-    >>> callback = keras_gates.callbacks.ExactBackupAndRestore("backup", save_freq=50)
+    >>> callback = keras_gates.ExactBackupAndRestore("backup", save_freq=50)
     >>> model.fit(x, y, shuffle=False, callbacks=[callback])  # doctest: +SKIP
     """
 

@@ -167,14 +167,15 @@ def test_errors_leave_the_layer_usable():
 
 
 def test_keras_only_arguments_are_accepted_where_they_mean_the_same():
-    """A literal swap keeps working: implementation, use_cudnn='auto'/False,
-    GRU(reset_after=False); what cannot be honoured is refused by name."""
+    """A literal swap keeps working: implementation, use_cudnn (the LSTM's
+    cuDNN path: tests/test_cudnn.py), GRU(reset_after=False); what cannot be
+    honoured is refused by name."""
     keras_gates.LSTM(4, use_cudnn=False, implementation=2)
     keras_gates.LSTM(4, use_cudnn="auto")
     keras_gates.GRU(4, reset_after=False, use_cudnn=False, implementation=1)
     keras_gates.LSTMCell(4, implementation=2)
     with pytest.raises(ValueError, match=r"`use_cudnn=True` cannot be honoured"):
-        keras_gates.LSTM(4, use_cudnn=True)
+        keras_gates.LSTM(4, use_cudnn=True, forget_gate=False)
     with pytest.raises(ValueError, match=r"`use_cudnn` must be.*received 'yes'"):
         keras_gates.LSTM(4, use_cudnn="yes")
     with pytest.raises(ValueError, match=r"`reset_after` must be False.*received"):

@@ -1,5 +1,5 @@
 """The loader child: every check `keras-gates verify` makes, run in a process
-that never imports TensorFlow's Python package (SPEC §3).
+that never imports TensorFlow's Python package (the README's serving section).
 
 The parent (`keras_gates.serving.verify`) starts it with `run_child`; it reads
 a job (JSON), runs it and prints one report line.
@@ -357,7 +357,7 @@ def run_job(job: dict) -> dict:
     """The child's whole work: `job["mode"]` is "check" (every check, as
     `keras-gates verify`) or "requests" (run the given requests only)."""
     # OpenSSL symbols: Python's hashlib and NumPy's random must be loaded
-    # before the TF libraries (SPEC §3).
+    # before the TF libraries, which clash with them otherwise.
     import hashlib  # noqa: F401
 
     import numpy.random  # noqa: F401

@@ -11,7 +11,7 @@ import pytest
 from conftest import snapshot_tree
 from test_faults import EPOCHS, FIT, Interrupt, build, data, state
 
-from keras_gates.callbacks import ExactBackupAndRestore
+from keras_gates.resume import ExactBackupAndRestore
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
