@@ -220,7 +220,7 @@ def lstm_sequence(
     )
     keep = return_sequences or mask is not None  # stack the states
     refusal = block_form_refusal(
-        x.dtype, mask, r_mask, default_activations, forget_gate
+        x.dtype, mask, r_mask, default_activations, forget_gate, x_masks
     )
     if form == "block" and refusal is not None:
         raise ValueError(f"`form='block'` does not apply here: {refusal}.")
@@ -532,7 +532,12 @@ def _dispatch(run, x, mask, form, forms, training, batch_max, outputs):
 
 
 def block_form_refusal(
-    dtype, mask, recurrent_dropout_mask, default_activations, forget_gate
+    dtype,
+    mask,
+    recurrent_dropout_mask,
+    default_activations,
+    forget_gate,
+    input_dropout_masks=None,
 ) -> str | None:
     """Why the LSTM's ``"block"`` form cannot run this call, or None.
 
@@ -542,8 +547,9 @@ def block_form_refusal(
     order [i | f | c | o] (the op's "IFCO"), no peepholes, no cell clip. It
     computes exactly this package's LSTM with sigmoid gates, tanh state
     activation and the forget gate, in float32 (its other type, float16, is
-    left to the other forms' precision), without a recurrent dropout mask (an
-    input dropout mask is applied to x before). It takes one sequence length
+    left to the other forms' precision), without a recurrent dropout mask and
+    without per-gate-block input masks (one input dropout mask is applied to
+    x before; per-block ones need one product per block). It takes one sequence length
     for the whole batch, not a per-example mask, so a call with a mask takes
     another form. It is TensorFlow's graph executor's form: XLA has no kernel
     for the op, and other backends do not have it.
@@ -564,6 +570,8 @@ def block_form_refusal(
         return "it takes no per-step mask"
     if recurrent_dropout_mask is not None:
         return "it applies no recurrent dropout mask"
+    if input_dropout_masks is not None:
+        return "it takes one input dropout mask, not one per gate block"
     return None
 
 

@@ -373,6 +373,10 @@ def test_block_form_gradients_equal_keras_loop_and_large_form(graph):
         ("no_forget_gate", {"forget_gate": False}, "forget gate"),
         ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
         ("float64", {"dtype": "float64"}, "float32 only"),
+        ("float16", {"dtype": "float16"}, "float32 only"),
+        ("input_dropout_per_block",
+         {"input_dropout_mask": [np.ones((2, 4), "float32")] * 4},
+         "one input dropout mask"),
     ],
 )  # fmt: skip
 def test_block_form_refuses_what_it_does_not_compute(why, options, match):
@@ -403,13 +407,10 @@ def test_block_form_refuses_xla():
         compiled(tf.constant(random((1, 3, 4), 0)))
 
 
-@needs_tf
-def test_auto_picks_the_block_form_by_batch_and_mask(monkeypatch):
-    """Inference in the graph executor: "block" up to its batch, unmasked;
-    a mask or a larger batch takes the loop forms (with the oracle's values);
-    a dynamic batch traces every form and runs the one for its size."""
-    import tensorflow as tf
-
+@pytest.fixture
+def forms_ran(monkeypatch):
+    """The forms the LSTM and GRU kernels run, in call order: "block" for
+    the one op, else the loop form `_scan` runs."""
     ran = []
     original_block, original_scan = kernels._block_lstm, kernels._scan
 
@@ -423,6 +424,17 @@ def test_auto_picks_the_block_form_by_batch_and_mask(monkeypatch):
 
     monkeypatch.setattr(kernels, "_block_lstm", block_spy)
     monkeypatch.setattr(kernels, "_scan", scan_spy)
+    return ran
+
+
+@needs_tf
+def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
+    """Inference in the graph executor: "block" up to its batch, unmasked;
+    a mask or a larger batch takes the loop forms (with the oracle's values);
+    a dynamic batch traces every form and runs the one for its size."""
+    import tensorflow as tf
+
+    ran = forms_ran
     layer = make_layer("lstm", 5, 4)
     small_max = layer.fused_max_batch
     above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "large"
@@ -455,6 +467,115 @@ def test_auto_picks_the_block_form_by_batch_and_mask(monkeypatch):
             as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
         )
     assert "block" in ran and "large" in ran  # every form traced once
+
+
+# Where the block form meets the layers' other options: it runs where it
+# computes the same numbers, and leaves the call to a loop form where not.
+
+
+@needs_tf
+def test_block_form_with_dropout_runs_at_inference_only(forms_ran):
+    """Dropout is off at inference: the block form runs the layer (no masks
+    drawn); training takes the large form with its dropout masks."""
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4, dropout=0.3, recurrent_dropout=0.2)
+    x = random((2, 6, 4), 3)
+    got = tf.function(lambda x: layer(x, training=False))(tf.constant(x))
+    assert forms_ran == ["block"]
+    want = reference("lstm", layer, x)[1]
+    np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms_ran.clear()
+    tf.function(lambda x: layer(x, training=True))(tf.constant(x))
+    assert forms_ran == ["large"]
+
+
+@needs_tf
+def test_block_form_in_a_stateful_layer_carries_the_state(forms_ran):
+    """Two calls of a stateful layer: the second starts from the first's
+    final states (the op's h_prev and cs_prev), as the oracle."""
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4, batch=2, stateful=True, return_sequences=True)
+    call = tf.function(layer)
+    first, second = random((2, 6, 4), 4), random((2, 3, 4), 5)
+    got = [as_numpy(call(tf.constant(x))) for x in (first, second)]
+    assert forms_ran == ["block", "block"]
+    want_first, _, states, _ = reference("lstm", layer, first)
+    want_second = reference("lstm", layer, second, initial_state=states)[0]
+    np.testing.assert_allclose(got[0], want_first, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got[1], want_second, rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_block_form_in_bidirectional_equals_keras(masked, forms_ran):
+    """Bidirectional runs the block form both ways (the backward layer
+    through go_backwards) without a mask, the small form with one; values
+    equal keras.layers.Bidirectional(keras.layers.LSTM) on the same weights."""
+    import tensorflow as tf
+
+    ours = keras.layers.Bidirectional(keras_gates.LSTM(5, return_sequences=True))
+    theirs = keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=True))
+    for layer in (ours, theirs):
+        layer.build((None, None, 4))
+    rng = np.random.default_rng(6)
+    theirs.set_weights(
+        [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in theirs.weights]
+    )
+    ours.set_weights(theirs.get_weights())
+    x = random((2, 6, 4), 7)
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool) if masked else None
+    feed = {"mask": tf.constant(mask)} if masked else {}
+    got = tf.function(lambda x, **kw: ours(x, **kw))(tf.constant(x), **feed)
+    want = theirs(x, mask=mask)
+    assert forms_ran == (["small", "small"] if masked else ["block", "block"])
+    np.testing.assert_allclose(as_numpy(got), as_numpy(want), rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+def test_block_form_refuses_float16_so_mixed_precision_falls_back(forms_ran):
+    """Under mixed_float16 the LSTM computes in float16: the block form runs
+    float32 only, so the small form runs it (the oracle within float16's
+    precision)."""
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = make_layer("lstm", 5, 4, return_sequences=True)
+        x = random((1, 6, 4), 8)
+        got = tf.function(layer)(tf.constant(x))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert forms_ran == ["small"]
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    want = reference("lstm", layer, x)[0]
+    np.testing.assert_allclose(as_numpy(got), want, rtol=1e-2, atol=5e-3)
+
+
+@needs_tf
+def test_cudnn_auto_on_cpu_runs_the_block_form(forms_ran, monkeypatch):
+    """use_cudnn="auto" without a GPU: never cuDNN, the package's kernel,
+    which at batch 1 is the block form."""
+    import tensorflow as tf
+
+    from keras_gates import cudnn
+
+    if cudnn.gpu_available():
+        pytest.skip("a GPU is visible: auto takes cuDNN (tests/test_cudnn.py)")
+
+    def no_cudnn(*args, **kwargs):
+        raise AssertionError("cuDNN ran on a CPU-only machine")
+
+    monkeypatch.setattr(cudnn, "sequence", no_cudnn)
+    layer = make_layer("lstm", 5, 4, use_cudnn="auto")
+    x = random((1, 6, 4), 9)
+    got = tf.function(layer)(tf.constant(x))
+    assert forms_ran == ["block"]
+    np.testing.assert_allclose(
+        as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
+    )
 
 
 # -- who runs the loop ------------------------------------------------------ #
