@@ -30,8 +30,8 @@ from keras_gates.base import GatedCell, GatedRNN
 
 BACKEND = keras.backend.backend()
 GRAD_ATOL = 1e-4
-# The loop forms, which take every option; the LSTM's "block" form (one
-# TensorFlow op) takes fewer and has its own tests below.
+# The loop forms, which take every option; the "block" forms (TensorFlow's
+# fused ops) take fewer and have their own tests below.
 VARIANT_FORMS = [
     (variant, form)
     for variant in ("lstm", "lstm_no_forget", "gru")
@@ -407,6 +407,166 @@ def test_block_form_refuses_xla():
         compiled(tf.constant(random((1, 3, 4), 0)))
 
 
+# -- the GRU's "block" form (tf.raw_ops.GRUBlockCell per step) -------------- #
+
+GRU_BLOCK_CASES = sorted(c for c in CASES if not c.startswith("dropout"))
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("case", GRU_BLOCK_CASES)
+def test_gru_block_form_equals_oracle_and_the_loop_forms(case, graph):
+    """Outputs and final state against the NumPy oracle (the cases of
+    test_kernel_equals_oracle without dropout: masks, go_backwards, initial
+    state, zero_output_for_mask, last output), and against the loop forms on
+    the same call."""
+    import tensorflow as tf
+
+    if not graph:
+        test_kernel_equals_oracle("gru", "block", case)
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 1)
+    spec = dict(CASES[case])
+    options = {"return_sequences": spec.pop("return_sequences", True)}
+    if "mask" in spec:
+        options["mask"] = np.array(spec.pop("mask"), bool)
+    for name in ("go_backwards", "zero_output_for_mask"):
+        if name in spec:
+            options[name] = spec.pop(name)
+    if spec.pop("initial_state", False):
+        options["states"] = [random((3, 5), 7)]
+    assert not spec
+
+    def call(form):
+        def fn(x):
+            return kernel_call("gru", weights, x, form, **dict(options))
+
+        fn = tf.function(fn) if graph else fn
+        return [as_numpy(t) for t in nest_flatten(fn(tf.constant(x)))]
+
+    got = call("block")
+    for form in ("small", "large"):
+        for value, other in zip(got, call(form), strict=True):
+            np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6)
+
+
+@needs_tf
+def test_gru_block_form_with_an_input_dropout_mask_and_no_bias():
+    """One input mask (applied to x before the op) and no bias (zeros)."""
+    layer = make_layer("gru", 5, 4, use_bias=False)
+    weights = [*(np.asarray(w) for w in layer.cell.get_weights()), None]
+    x = random((3, 6, 4), 2)
+    input_mask = (random((3, 4), 5) > 0).astype("float32") * 2.0
+    kernel, recurrent_kernel = (ops.convert_to_tensor(w) for w in weights[:2])
+    last, outputs, (s_t,) = kernels.gru_sequence(
+        ops.convert_to_tensor(x), ops.zeros((3, 5)), None, kernel,
+        recurrent_kernel, None, input_dropout_mask=input_mask,
+        return_sequences=True, form="block",
+    )  # fmt: skip
+    want_outputs, want_last, (want_s,), _ = reference(
+        "gru", layer, x * input_mask[:, None, :]
+    )
+    np.testing.assert_allclose(as_numpy(outputs), want_outputs, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(as_numpy(last), want_last, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(as_numpy(s_t), want_s, rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("keep", [False, True], ids=["last", "sequences"])
+def test_gru_block_form_gradients_equal_the_large_form(keep, masked, graph):
+    """Gradients of the inputs, every weight and the initial state through
+    the form's own gradient (GRUBlockCellGrad per step) equal the large
+    form's, with a mask (masked steps pass the gradient on) or without, from
+    the last output alone or every output."""
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 13)
+    s0 = random((3, 5), 33)
+    mask = tf.constant(np.array(GAPS, bool)) if masked else None
+
+    def loss(form):
+        def fn(x, kernel, recurrent_kernel, bias, s0):
+            last, outputs, (s_t,) = kernels.gru_sequence(
+                x, s0, mask, kernel, recurrent_kernel, bias,
+                return_sequences=keep, form=form,
+            )  # fmt: skip
+            total = ops.sum(s_t * s_t) + ops.sum(last)
+            return total + weighted_sum(outputs) if keep else total
+
+        return fn
+
+    def gradients_of(fn, args):
+        if not graph:
+            return gradients(fn, args)
+        return tf.function(lambda *a: gradients(fn, a))(*[tf.constant(a) for a in args])
+
+    args = [x, *weights, s0]
+    got = gradients_of(loss("block"), args)
+    want = gradients(loss("large"), args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+
+@needs_tf
+def test_gru_block_form_gradients_equal_keras_loop_over_call():
+    """Against Keras's own loop over the cell's `call`, with gaps."""
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 2)
+    mask = ops.convert_to_tensor(np.array(GAPS, bool))
+    args = [x, *weights]
+    got = gradients(kernel_loop("gru", "block", mask), args)
+    want = gradients(keras_loop("gru", layer, mask), args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize(
+    "why,options,match",
+    [
+        ("recurrent_dropout", {"recurrent_dropout_mask": np.ones((2, 5), "float32")},
+         "recurrent dropout"),
+        ("input_dropout_per_block",
+         {"input_dropout_mask": [np.ones((2, 4), "float32")] * 3},
+         "one input dropout mask"),
+        ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
+        ("float64", {"dtype": "float64"}, "float32 only"),
+        ("float16", {"dtype": "float16"}, "float32 only"),
+    ],
+)  # fmt: skip
+def test_gru_block_form_refuses_what_it_does_not_compute(why, options, match):
+    options = dict(options)
+    dtype = options.pop("dtype", "float32")
+    x = ops.convert_to_tensor(random((2, 3, 4), 0).astype(dtype))
+    weights = [
+        ops.convert_to_tensor(random(shape, 1).astype(dtype))
+        for shape in ((4, 15), (5, 15), (15,))
+    ]
+    with pytest.raises(ValueError, match=rf"`form='block'` does not apply.*{match}"):
+        kernels.gru_sequence(
+            x, ops.zeros((2, 5), dtype), None, *weights, form="block", **options
+        )
+
+
+@needs_tf
+def test_gru_block_form_refuses_xla():
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    compiled = tf.function(
+        lambda x: kernel_call("gru", weights, x, "block")[0], jit_compile=True
+    )
+    with pytest.raises(ValueError, match="XLA has no kernel for GRUBlockCell"):
+        compiled(tf.constant(random((1, 3, 4), 0)))
+
+
 @pytest.fixture
 def forms_ran(monkeypatch):
     """The forms the LSTM and GRU kernels run, in call order: "block" for
@@ -467,6 +627,47 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
             as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
         )
     assert "block" in ran and "large" in ran  # every form traced once
+
+
+@needs_tf
+def test_auto_picks_the_gru_block_form_by_batch(forms_ran):
+    """The GRU's block form takes masked calls too (the loop's `where`), up
+    to its batch; training, and larger batches, take the loop forms; a
+    dynamic batch traces the block form and the large one."""
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4, return_sequences=True)
+    top = kernels.GRU_BLOCK_BATCH_MAX
+    for batch, masked, training, form in [
+        (1, False, False, "block"),
+        (1, True, False, "block"),
+        (top, True, False, "block"),
+        (top + 1, False, False, "small" if layer.fused_max_batch > top else "large"),
+        (1, False, True, "large"),
+    ]:  # fmt: skip
+        forms_ran.clear()
+        x = random((batch, 6, 4), batch)
+        mask = np.ones((batch, 6), bool)
+        mask[:, 4:] = not masked
+        got = tf.function(lambda x, m, t=training: layer(x, mask=m, training=t))(
+            tf.constant(x), tf.constant(mask) if masked else None
+        )
+        assert forms_ran == [form], (batch, masked, training)
+        want = reference("gru", layer, x, mask=mask if masked else None)[0]
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms_ran.clear()
+    dynamic = tf.function(
+        layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
+    )
+    for batch in (1, top + 1):
+        x = random((batch, 6, 4), batch)
+        np.testing.assert_allclose(
+            as_numpy(dynamic(tf.constant(x))),
+            reference("gru", layer, x)[0],
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    assert "block" in forms_ran and "large" in forms_ran
 
 
 # Where the block form meets the layers' other options: it runs where it
@@ -631,8 +832,8 @@ def test_layers_take_the_compiled_form_under_xla(variant, monkeypatch):
     forms.clear()
     tf.function(layer)(tf.constant(x))
     # The graph executor's LSTM at batch 1 is the "block" form (one op, no
-    # _scan); the GRU's the small form.
-    assert forms == ([] if variant == "lstm" else ["small"])
+    # _scan); the GRU's a loop of its block op (a "block" _scan).
+    assert forms == ([] if variant == "lstm" else ["block"])
 
 
 class _MinimalGatedCell(GatedCell):

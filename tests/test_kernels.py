@@ -41,15 +41,14 @@ GRAD_ATOL = 1e-4
 @pytest.fixture(autouse=True, params=["block", "small", "large", "compiled"])
 def form(request, monkeypatch):
     """The kernels' forms: at inference, "compiled" when XLA compiles the loop
-    (the LSTM's; made to answer so here), else the LSTM's "block" up to
-    `kernels.BLOCK_BATCH_MAX` where it applies (no mask, no recurrent
-    dropout: else "small"), "small" up to `fused_max_batch` and "large"
-    above. Every test runs each form at any batch; training always takes the
-    large form."""
-    if request.param in ("block", "compiled"):
-        if request.node.callspec.params.get("variant") == "gru":
-            pytest.skip(f"the GRU has no {request.param} form (kernels.GRU_FORMS)")
+    (the LSTM's; made to answer so here), else "block" up to
+    `kernels.BLOCK_BATCH_MAX` (the LSTM's) / `GRU_BLOCK_BATCH_MAX` where it
+    applies (the LSTM's: no mask; both: no recurrent dropout, float32; else
+    "small"), "small" up to `fused_max_batch` and "large" above. Every test
+    runs each form at any batch; training always takes the large form."""
     if request.param == "compiled":
+        if request.node.callspec.params.get("variant") == "gru":
+            pytest.skip("the GRU has no compiled form (kernels.GRU_FORMS)")
         monkeypatch.setattr(kernels, "compiled", lambda: True)
     else:
         limit = 0 if request.param == "large" else 10**9
@@ -57,6 +56,7 @@ def form(request, monkeypatch):
             monkeypatch.setattr(layer_class, "fused_max_batch", limit)
     block_limit = 10**9 if request.param == "block" else 0
     monkeypatch.setattr(kernels, "BLOCK_BATCH_MAX", block_limit)
+    monkeypatch.setattr(kernels, "GRU_BLOCK_BATCH_MAX", block_limit)
     return request.param
 
 
