@@ -335,11 +335,11 @@ class LSTM(GatedRNN):
     """
 
     extra_cell_arguments = ("unit_forget_bias", "forget_gate")
-    # Inference up to this batch takes the fast path's small-batch form (where
-    # the "block" form, kernels.BLOCK_BATCH_MAX, does not take it first):
-    # measured at 100 steps x 64 features -> 128 units, it beats the
-    # large-batch form at batch 8 and 16, the large one wins from batch 32.
-    fused_max_batch = 16
+    # Inference up to this batch takes the fast path's small-batch form where
+    # the "block" form (kernels.BLOCK_BATCH_MAX) does not apply (a mask, mixed
+    # precision): above it the plain step measured faster
+    # (benchmarks/README.md, "CPU matrix").
+    fused_max_batch = 2
 
     def __init__(
         self,

@@ -597,13 +597,14 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
     ran = forms_ran
     layer = make_layer("lstm", 5, 4)
     small_max = layer.fused_max_batch
-    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "large"
+    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "compiled"
     for batch, masked, form in [
         (1, False, "block"),
         (kernels.BLOCK_BATCH_MAX, False, "block"),
         (1, True, "small"),
         (kernels.BLOCK_BATCH_MAX + 1, False, above_block),
-        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "large"),
+        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "compiled"),
+        (small_max + 1, True, "compiled"),
     ]:  # fmt: skip
         ran.clear()
         x = random((batch, 6, 4), batch)
@@ -626,7 +627,7 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
         np.testing.assert_allclose(
             as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
         )
-    assert "block" in ran and "large" in ran  # every form traced once
+    assert "block" in ran and "compiled" in ran  # every form traced once
 
 
 @needs_tf
