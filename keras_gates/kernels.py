@@ -141,7 +141,7 @@ GRU_FORMS = ("small", "large", "block")
 ABOVE_LADDER = {"lstm": "compiled", "gru": "large"}
 # With `form="auto"`, TensorFlow's graph executor runs the GRU's "block" form
 # (where it applies, `gru_block_form_refusal`) up to this batch at inference.
-GRU_BLOCK_BATCH_MAX = 16
+GRU_BLOCK_BATCH_MAX = 32
 
 
 def compiled() -> bool:
@@ -186,7 +186,7 @@ def lstm_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 4,
+    small_batch_max: int = 2,
     block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's LSTM over a whole sequence (module docstring).
@@ -271,13 +271,14 @@ def lstm_sequence(
         inputs, project = _block_input_terms(
             x, x_masks, k, b, block_groups, u, hoist=form == "small"
         )
+        w_groups = _recurrent_weights(w, r_mask, block_groups, u)
 
         def lstm_step(carry, inputs_t, mask_t):
             h_tm1, s_tm1 = carry
             a = [
                 wh + ux
                 for wh, ux in zip(
-                    _recurrent_terms(h_tm1, r_mask, w, block_groups, u),
+                    _recurrent_terms(h_tm1, r_mask, w_groups, block_groups),
                     project(inputs_t),
                 )
             ]
@@ -336,7 +337,7 @@ def gru_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 16,
+    small_batch_max: int = 32,
     block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's GRU over a whole sequence (module docstring).
@@ -385,6 +386,7 @@ def gru_sequence(
             x, x_masks, kernel, bias, block_groups, u, hoist=form == "small"
         )
         w_candidate = recurrent_kernel[:, 2 * u :]
+        w_gates = _recurrent_weights(recurrent_kernel, r_mask, block_groups[:-1], u)
 
         def gru_step(carry, inputs_t, mask_t):
             (s_tm1,) = carry
@@ -392,9 +394,7 @@ def gru_sequence(
             gates = [
                 recurrent_activation(ws + ux)
                 for ws, ux in zip(
-                    _recurrent_terms(
-                        s_tm1, r_mask, recurrent_kernel, block_groups[:-1], u
-                    ),
+                    _recurrent_terms(s_tm1, r_mask, w_gates, block_groups[:-1]),
                     ux_gates,
                 )
             ]
@@ -471,15 +471,31 @@ def _dropped(state, r_mask, j: int):
     return state * (r_mask[j] if isinstance(r_mask, list) else r_mask)
 
 
-def _recurrent_terms(state, r_mask, w, block_groups, u):
+def _recurrent_weights(w, r_mask, block_groups, u):
+    """W's columns for each group of gate blocks (per block where each block
+    has its own recurrent mask), sliced once, before the loop: a slice inside
+    the step would copy them at every step (and its gradient accumulate)."""
+
+    def columns(blocks):
+        if blocks[0] == 0 and (blocks[-1] + 1) * u == w.shape[1]:
+            return w  # every column
+        return w[:, _columns(blocks, u)]
+
+    if not isinstance(r_mask, list):
+        return [columns(g) for g in block_groups]
+    return [[columns([j]) for j in g] for g in block_groups]
+
+
+def _recurrent_terms(state, r_mask, w_groups, block_groups):
     """W state_{t-1} for each group of gate blocks, the dropout mask applied:
-    one product per group, or per block when each block has its own mask."""
+    one product per group, or per block when each block has its own mask
+    (``w_groups`` from ``_recurrent_weights``)."""
     if not isinstance(r_mask, list):
         s_in = _dropped(state, r_mask, 0)
-        return [ops.matmul(s_in, w[:, _columns(g, u)]) for g in block_groups]
+        return [ops.matmul(s_in, w_g) for w_g in w_groups]
     return [
-        _joined([ops.matmul(state * r_mask[j], w[:, _columns([j], u)]) for j in group])
-        for group in block_groups
+        _joined([ops.matmul(state * r_mask[j], w_j) for j, w_j in zip(g, w_g)])
+        for g, w_g in zip(block_groups, w_groups)
     ]
 
 
