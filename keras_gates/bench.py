@@ -4,7 +4,8 @@ The matrix: for each way users run a model, ``keras_gates.LSTM`` against
 ``keras.layers.LSTM`` and ``keras_gates.GRU`` against
 ``keras.layers.GRU(reset_after=False)`` (the built-in it replaces: the same
 maths) and ``keras.layers.GRU`` (Keras's default, ``reset_after=True``: what
-a user would pick, another model), at batch 1 and 64, inference and training
+a user would pick, another model), at batch 1, 8, 32 and 64 (what a serving
+batcher sends, and a training batch), inference and, from batch 8, the training
 step (forward, gradients, SGD update):
 
 - ``tf-graph``: ``tf.function`` with a dynamic batch dimension, as a serving
@@ -23,8 +24,8 @@ machine the median moves with the other load; the minimum, the run least
 disturbed, moves less. JAX and torch run in child processes (Keras fixes its
 backend at import).
 
-Also: the batch-1 latency of exported SavedModels under TF Serving's C++
-loader (``keras_gates.serving.verify.serving_latency``): ours plain and
+Also: the batch-1 and batch-8 latency of exported SavedModels under TF
+Serving's C++ loader (``keras_gates.serving.verify.serving_latency``): ours plain and
 XLA-compiled (``export_for_serving(..., jit_compile=True)``) against Keras's
 own ``model.export``; and the peak memory of a 1000-step training step, each
 layer in its own process. The machine's load average is recorded before and
@@ -33,6 +34,7 @@ after.
 Usage:
 
     keras-gates bench [--quick] [--json PATH] [--repeats N] [--no-memory]
+                      [--configs tf-graph,...] [--batches 1,8,...]
     python benchmarks/bench.py [--quick] [--json PATH]
 """
 
@@ -49,7 +51,8 @@ import sys
 import time
 
 SHAPE = {"full": (100, 64, 128), "quick": (10, 8, 16)}  # time, features, units
-BATCHES = {"full": (1, 64), "quick": (1, 8)}
+BATCHES = {"full": (1, 8, 32, 64), "quick": (1, 8)}
+SERVING_BATCHES = {"full": (1, 8), "quick": (1,)}
 CONFIGS = {
     "tensorflow": ("tf-graph", "tf-xla-model", "tf-xla-function"),
     "jax": ("jax",),
@@ -107,6 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(c for cs in CONFIGS.values() for c in cs),
         help="comma-separated configurations to time (default: all): "
         + ", ".join(c for cs in CONFIGS.values() for c in cs),
+    )
+    parser.add_argument(
+        "--batches",
+        default=None,
+        help="comma-separated batch sizes of the matrix (default: "
+        + ",".join(map(str, BATCHES["full"]))
+        + "; --quick: "
+        + ",".join(map(str, BATCHES["quick"]))
+        + ")",
     )
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--backend-child", help=argparse.SUPPRESS)
@@ -203,7 +215,7 @@ def _interleaved(fns: dict, repeats: int, inner: int) -> dict:
 
 
 def matrix_rows(
-    backend: str, quick: bool, repeats: int, configs: tuple, log=print
+    backend: str, quick: bool, repeats: int, configs: tuple, log=print, batches=None
 ) -> list[dict]:
     """Every cell of the matrix this process's backend can measure."""
     size = "quick" if quick else "full"
@@ -211,7 +223,7 @@ def matrix_rows(
     rows = []
     for config in (c for c in CONFIGS[backend] if c in configs):
         for family, candidates in _layers().items():
-            for batch in BATCHES[size]:
+            for batch in batches or BATCHES[size]:
                 modes = ("infer",) if batch == 1 else ("infer", "train")
                 fns = {
                     label: _fns(config, make, batch, steps, features, units)
@@ -247,7 +259,9 @@ def matrix_rows(
     return rows
 
 
-def _backend_child(backend: str, quick: bool, repeats: int, configs: tuple) -> int:
+def _backend_child(
+    backend: str, quick: bool, repeats: int, configs: tuple, batches=None
+) -> int:
     """Runs in a child process under KERAS_BACKEND=backend: prints its rows."""
     import keras
 
@@ -256,12 +270,16 @@ def _backend_child(backend: str, quick: bool, repeats: int, configs: tuple) -> i
             f"the child expected KERAS_BACKEND={backend!r}; Keras runs "
             f"{keras.backend.backend()!r}."
         )
-    rows = matrix_rows(backend, quick, repeats, configs, log=lambda line: None)
+    rows = matrix_rows(
+        backend, quick, repeats, configs, log=lambda line: None, batches=batches
+    )
     print(json.dumps(rows))
     return 0
 
 
-def _other_backend(backend: str, quick: bool, repeats: int, configs, log) -> dict:
+def _other_backend(
+    backend: str, quick: bool, repeats: int, configs, log, batches=None
+) -> dict:
     """The matrix rows of another backend, from a child process."""
     import importlib.util
 
@@ -272,6 +290,7 @@ def _other_backend(backend: str, quick: bool, repeats: int, configs, log) -> dic
     command += ["--backend-child", backend, "--repeats", str(repeats)]
     command += ["--configs", ",".join(configs)]
     command += ["--quick"] if quick else []
+    command += ["--batches", ",".join(map(str, batches))] if batches else []
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if backend == "jax":
         env["JAX_PLATFORMS"] = "cpu"
@@ -336,7 +355,13 @@ def _load() -> list[float] | None:
 
 
 def run_benchmark(
-    quick=False, repeats=None, memory=True, serving=True, configs=None, log=print
+    quick=False,
+    repeats=None,
+    memory=True,
+    serving=True,
+    configs=None,
+    log=print,
+    batches=None,
 ) -> dict:
     _check_backend()
     import keras
@@ -365,11 +390,13 @@ def run_benchmark(
             results["machine"][backend] = module.__version__
         except ImportError:
             pass
-    results["rows"] += matrix_rows("tensorflow", quick, repeats, configs, log)
+    results["rows"] += matrix_rows(
+        "tensorflow", quick, repeats, configs, log, batches=batches
+    )
     for backend in ("jax", "torch"):
         if not set(CONFIGS[backend]) & set(configs):
             continue
-        other = _other_backend(backend, quick, repeats, configs, log)
+        other = _other_backend(backend, quick, repeats, configs, log, batches)
         results["rows"] += other["rows"]
         if "skipped" in other:
             results["skipped"][backend] = other["skipped"]
@@ -394,13 +421,14 @@ def run_benchmark(
 
 
 def _serving_rows(quick: bool, log) -> list[dict]:
-    """Batch-1 latency of exported SavedModels under TF Serving's C++ loader.
+    """Latency of exported SavedModels under TF Serving's C++ loader.
 
     The same model around each layer (Input -> RNN -> Dense(1)): ours through
     ``export_for_serving`` plain and with ``jit_compile=True``, the built-in
     through Keras's own ``model.export``; each request run in a process
     without TensorFlow's Python package (``serving_latency``), every export
-    measured twice, alternately; the better of the two medians is reported.
+    measured twice, alternately, at each batch of ``SERVING_BATCHES``; the
+    better of the two medians is reported.
     """
     import tempfile
 
@@ -410,9 +438,14 @@ def _serving_rows(quick: bool, log) -> list[dict]:
     from keras_gates.serving import export_for_serving
     from keras_gates.serving.verify import serving_latency
 
-    steps, features, units = SHAPE["quick" if quick else "full"]
+    size = "quick" if quick else "full"
+    steps, features, units = SHAPE[size]
     runs = 20 if quick else 300
-    x = np.random.default_rng(0).normal(size=(1, steps, features)).astype("float32")
+    rng = np.random.default_rng(0)
+    xs = {
+        batch: rng.normal(size=(batch, steps, features)).astype("float32")
+        for batch in SERVING_BATCHES[size]
+    }
     rows = []
     with tempfile.TemporaryDirectory(prefix="keras_gates_bench_") as base:
         for family, candidates in _layers().items():
@@ -435,25 +468,28 @@ def _serving_rows(quick: bool, log) -> list[dict]:
                 else:
                     paths[(label, False)] = os.path.join(base, f"builtin_{family}", "1")
                     model.export(str(paths[(label, False)]), verbose=False)
-            medians = {key: [] for key in paths}
+            medians = {(key, b): [] for key in paths for b in xs}
             for _ in range(2):
-                for key, path in paths.items():
-                    latency = serving_latency(path, {"inputs": x}, repeats=runs)
-                    medians[key].append(latency["median_ms"])
+                for batch, x in xs.items():
+                    for key, path in paths.items():
+                        latency = serving_latency(path, {"inputs": x}, repeats=runs)
+                        medians[key, batch].append(latency["median_ms"])
             best = {key: min(values) for key, values in medians.items()}
             theirs_key = next(key for key in paths if key[0] == candidates[1][0])
-            for key, ms in best.items():
+            for (key, batch), ms in best.items():
                 if key == theirs_key:
                     continue
+                theirs_ms = best[theirs_key, batch]
                 row = {
                     "family": family,
-                    "shape": f"1x{steps}x{features}->{units}",
+                    "batch": batch,
+                    "shape": f"{batch}x{steps}x{features}->{units}",
                     "ours": key[0] + (" (jit_compile=True)" if key[1] else ""),
                     "jit_compile": key[1],
                     "theirs": theirs_key[0] + " (model.export)",
                     "ours_ms": ms,
-                    "theirs_ms": best[theirs_key],
-                    "ratio": ms / best[theirs_key],
+                    "theirs_ms": theirs_ms,
+                    "ratio": ms / theirs_ms,
                 }
                 rows.append(row)
                 log(f"serving {row}")
@@ -488,7 +524,7 @@ def format_table(results: dict) -> str:
     if results.get("serving"):
         lines += [
             "",
-            "| exported model (C++ loader, batch 1) | vs | shape | ours ms | "
+            "| exported model (C++ loader) | vs | shape | ours ms | "
             "theirs ms | ratio |",
             "|---|---|---|---|---|---|",
         ]
@@ -511,6 +547,11 @@ def _option_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the options, before minutes of benchmark run."""
     if args.repeats is not None and args.repeats < 1:
         return f"`--repeats` must be a positive integer; received {args.repeats}."
+    if args.batches is not None and _batches(args.batches) is None:
+        return (
+            "`--batches` must be comma-separated positive integers; received "
+            f"{args.batches!r}."
+        )
     known = [c for cs in CONFIGS.values() for c in cs]
     unknown = [c for c in args.configs.split(",") if c not in known]
     if unknown:
@@ -532,6 +573,16 @@ def _option_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _batches(text: str | None) -> tuple | None:
+    """``"1,8"`` -> ``(1, 8)``; None for None or anything else."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.memory_child:
@@ -540,7 +591,9 @@ def run(args: argparse.Namespace) -> int:
     if args.backend_child:
         repeats = args.repeats or (3 if args.quick else 11)
         configs = tuple(args.configs.split(","))
-        return _backend_child(args.backend_child, args.quick, repeats, configs)
+        return _backend_child(
+            args.backend_child, args.quick, repeats, configs, _batches(args.batches)
+        )
     error = _option_error(args)
     if error:  # one line, no traceback, nothing run
         print(f"keras-gates bench: {error}", file=sys.stderr)
@@ -552,6 +605,7 @@ def run(args: argparse.Namespace) -> int:
         serving=not args.no_serving,
         configs=tuple(args.configs.split(",")),
         log=lambda line: print(line, file=sys.stderr),
+        batches=_batches(args.batches),
     )
     print(format_table(results))
     if args.json:

@@ -271,10 +271,11 @@ class GRU(GatedRNN):
     (2, 7, 16)
     """
 
-    # Inference up to this batch takes the fast path's small-batch form
-    # (measured crossover at 100 steps x 64 features -> 128 units: it wins up
-    # to batch 16, the large-batch form from batch 32).
-    fused_max_batch = 16
+    # Inference up to this batch takes the fast path's small-batch form where
+    # the "block" form (kernels.GRU_BLOCK_BATCH_MAX) does not apply (mixed
+    # precision, recurrent dropout masks): it measured at or below the
+    # large-batch form up to batch 32 (benchmarks/README.md, "CPU matrix").
+    fused_max_batch = 32
 
     def __init__(
         self,

@@ -13,13 +13,31 @@ of its work inside the loop: it reads and casts the weights, slices the
 recurrent kernel into gate blocks, projects x_t, splits the pre-activations.
 These loops do the same equations with the work that does not depend on the
 state done once, before the loop. Which work that is depends on who runs the
-loop, so there are three forms (``LSTM_FORMS``, ``GRU_FORMS``; measured with
-``keras-gates bench``):
+loop, so each kernel has several forms (``LSTM_FORMS``, ``GRU_FORMS``); each
+is chosen where it measured fastest (``keras-gates bench``; the numbers are
+in benchmarks/README.md, "CPU matrix"), and each computes the same numbers
+(tests/test_kernels.py, tests/test_kernel_functions.py):
 
-``"small"``: TensorFlow's graph executor, small batches, inference (serving
-is often batch 1). A step costs what its ops cost to launch (~5-10 us each in
-a ``tf.while_loop``), not what they compute, so the step has as few ops as
-possible:
+``"block"``: TensorFlow's graph executor, small batches, inference (what a
+serving batcher sends): TensorFlow's fused CPU ops, core ops that TF Serving
+runs. The LSTM's is the whole sequence as one ``tf.raw_ops.BlockLSTMV2``: no
+per-step op launches at all. Its weight is ``[kernel; recurrent_kernel]`` in
+Keras's own block order (the op's i, f, c, o), no peepholes, no cell clip,
+so it computes this package's LSTM exactly where it applies
+(``block_form_refusal``: sigmoid gates, tanh, the forget gate, float32, no
+per-step mask, no recurrent dropout). Its gradient is the op's own
+``BlockLSTMGradV2`` (``_block_lstm_op``). The GRU's is a loop of
+``tf.raw_ops.GRUBlockCell``, one op per step (the reset-before GRU, which is
+this package's with Keras's update gate; ``gru_block_form_refusal``); being
+per step, it keeps a per-step mask; inference only (TensorFlow has no
+gradient for it). Both ops' products take x_t and the state together, at
+every step: from a middle batch size on, the loop forms, which take the
+input projection off the recurrence, win, and the ladder below moves on.
+
+``"small"``: TensorFlow's graph executor, small batches, inference, where the
+block form does not apply (a masked LSTM, mixed precision, other
+activations). A step costs what its ops cost to launch, not what they
+compute, so the step has as few ops as possible:
 
     before the loop, all steps at once (one large matmul; the weights'
     blocks in Keras's order, lstm.py):
@@ -43,27 +61,29 @@ its own product beside the one for i_t, f_t and s~_t, so the two run side by
 side. (The GRU: o_t alone feeds the candidate, so it gets its own, half as
 wide, product.)
 
-``"compiled"``: XLA (TensorFlow ``jit_compile=True``, and JAX, which always
-compiles). XLA has no per-op launch cost and runs a loop body's ops one after
-another, so what wins in the graph executor loses here: measured at
-100 x 64 -> 128, the LSTM's hoisted input projection with its four-way split
-made the compiled loop 1.15x (batch 1) to 1.65x (batch 64) slower, the
-one-sigmoid trick 1.1x, the split products 1.1-1.3x. The compiled LSTM is the
-plain step (the cell's own arithmetic): per step one product of x_t and one
-of the state with all gate blocks, one activation per block, as Keras's own
-loop (measured at parity with it: both are bound by the same two products per
+``"compiled"`` (the LSTM's): XLA (TensorFlow ``jit_compile=True``, and JAX,
+which always compiles). XLA has no per-op launch cost and runs a loop body's
+ops one after another, so what wins in the graph executor (the hoisted input
+projection, the one-sigmoid trick, the split products) measured slower here.
+The compiled LSTM is the plain step (the cell's own arithmetic): per step
+one product of x_t and one of the state with all gate blocks, one activation
+per block, as Keras's own loop (both are bound by the same two products per
 step). The GRU has no compiled form: under XLA its graph forms, chosen by
-batch size as below, measured best (the small form 0.48x of Keras's
-GRU(reset_after=False) at batch 1 in JAX, the large one 0.94x at batch 64,
-where the small one was 1.14x; TensorFlow with XLA agreed within noise).
+batch size as below, measured best.
 
 ``form="auto"`` (what the layers pass) picks ``"large"`` for training (also
-under XLA, where it measured as fast as the compiled form: 0.84x of Keras's
-LSTM, 0.98x of its GRU(reset_after=False) at batch 64), and for inference
-the LSTM's ``"compiled"`` when the loop is being compiled (``compiled()``), else
-``"small"`` up to ``small_batch_max`` examples and ``"large"`` above (with a
-dynamic batch, as in a serving signature, both are traced and ``ops.cond``
-picks one at run time).
+under XLA, where it measured as fast as the compiled form), and for
+inference the LSTM's ``"compiled"`` when the loop is being compiled
+(``compiled()``), else by batch size: ``"block"`` up to ``block_batch_max``
+(``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
+``"small"`` up to ``small_batch_max`` (the layer's ``fused_max_batch``;
+where the block form applies and takes as many, it takes the small one's
+batches), and above them the LSTM's ``"compiled"`` (the plain step: in the
+graph executor at these batches its two products per step, run by 32
+parallel iterations, measured faster than the split ones of ``"large"``),
+the GRU's ``"large"`` (with a dynamic batch, as in a serving signature,
+every one of them is traced and ``tf.switch_case`` / ``ops.cond`` picks one
+at run time).
 
 The GRU's candidate needs o_t first, so it cannot share one product with its
 gates; its weights hold Keras's update gate z_t = 1 - i_t (gru.py):
@@ -111,8 +131,17 @@ from keras import ops
 __all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
 
 # The forms each kernel has (module docstring); `form="auto"` picks one.
-LSTM_FORMS = ("small", "large", "compiled")
-GRU_FORMS = ("small", "large")
+LSTM_FORMS = ("small", "large", "compiled", "block")
+# With `form="auto"`, TensorFlow's graph executor runs the LSTM's "block" form
+# (where it applies, `block_form_refusal`) up to this batch at inference.
+BLOCK_BATCH_MAX = 4
+GRU_FORMS = ("small", "large", "block")
+# With `form="auto"`, inference above the batch-size ladder takes this form:
+# the LSTM's plain step, the GRU's "large" (module docstring).
+ABOVE_LADDER = {"lstm": "compiled", "gru": "large"}
+# With `form="auto"`, TensorFlow's graph executor runs the GRU's "block" form
+# (where it applies, `gru_block_form_refusal`) up to this batch at inference.
+GRU_BLOCK_BATCH_MAX = 32
 
 
 def compiled() -> bool:
@@ -157,7 +186,8 @@ def lstm_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 4,
+    small_batch_max: int = 2,
+    block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's LSTM over a whole sequence (module docstring).
 
@@ -183,6 +213,9 @@ def lstm_sequence(
         form: ``"auto"`` or one of ``LSTM_FORMS``.
         small_batch_max: Largest batch that takes the ``"small"`` form at
             inference, with ``form="auto"``.
+        block_batch_max: Largest batch that takes the ``"block"`` form at
+            inference, with ``form="auto"``, where it applies (it goes before
+            ``"small"``); None: ``BLOCK_BATCH_MAX``.
 
     Returns:
         ``(last_output, outputs, [h_T, s_T])`` as ``keras.layers.RNN
@@ -200,8 +233,15 @@ def lstm_sequence(
         x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
     )
     keep = return_sequences or mask is not None  # stack the states
+    refusal = block_form_refusal(
+        x.dtype, mask, r_mask, default_activations, forget_gate, x_masks
+    )
+    if form == "block" and refusal is not None:
+        raise ValueError(f"`form='block'` does not apply here: {refusal}.")
 
     def run(form):
+        if form == "block":
+            return _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep)
         dtype = x.dtype
         k, w, b = kernel, recurrent_kernel, bias
         # Small form: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
@@ -231,13 +271,14 @@ def lstm_sequence(
         inputs, project = _block_input_terms(
             x, x_masks, k, b, block_groups, u, hoist=form == "small"
         )
+        w_groups = _recurrent_weights(w, r_mask, block_groups, u)
 
         def lstm_step(carry, inputs_t, mask_t):
             h_tm1, s_tm1 = carry
             a = [
                 wh + ux
                 for wh, ux in zip(
-                    _recurrent_terms(h_tm1, r_mask, w, block_groups, u),
+                    _recurrent_terms(h_tm1, r_mask, w_groups, block_groups),
                     project(inputs_t),
                 )
             ]
@@ -268,7 +309,15 @@ def lstm_sequence(
         return _scan(lstm_step, (h0, s0), inputs, mask, keep, form, training)
 
     outputs = (return_sequences, zero_output_for_mask)
-    return _dispatch(run, x, mask, form, LSTM_FORMS, training, small_batch_max, outputs)
+    batch_max = {"small": small_batch_max}
+    if refusal is None:
+        batch_max["block"] = (
+            BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
+        )
+    above = ABOVE_LADDER["lstm"]
+    return _dispatch(
+        run, x, mask, form, LSTM_FORMS, training, batch_max, outputs, above
+    )
 
 
 def gru_sequence(
@@ -288,7 +337,8 @@ def gru_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 16,
+    small_batch_max: int = 32,
+    block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's GRU over a whole sequence (module docstring).
 
@@ -302,7 +352,8 @@ def gru_sequence(
         bias: (3 * units,) or None.
         Other arguments: as ``lstm_sequence`` (``form``: one of
         ``GRU_FORMS``); the recurrent dropout mask multiplies s_{t-1} where it
-        meets W, never in z_t * s_{t-1}.
+        meets W, never in z_t * s_{t-1}. ``block_batch_max``: as the
+        LSTM's, for the GRU's ``"block"`` form (None: ``GRU_BLOCK_BATCH_MAX``).
 
     Returns:
         ``(last_output, outputs, [s_T])`` as ``lstm_sequence``.
@@ -313,8 +364,16 @@ def gru_sequence(
         x, mask, input_dropout_mask, recurrent_dropout_mask, go_backwards
     )
     keep = return_sequences or mask is not None  # stack the states
+    default_activations = _is(activation, "tanh") and _is(
+        recurrent_activation, "sigmoid"
+    )
+    refusal = gru_block_form_refusal(x.dtype, r_mask, default_activations, x_masks)
+    if form == "block" and refusal is not None:
+        raise ValueError(f"`form='block'` does not apply here: {refusal}.")
 
     def run(form):
+        if form == "block":
+            return _block_gru(x, s0, mask, kernel, recurrent_kernel, bias, keep)
         # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
         if form == "large":
             # o_t alone feeds the candidate: its own (half as wide) product,
@@ -327,6 +386,7 @@ def gru_sequence(
             x, x_masks, kernel, bias, block_groups, u, hoist=form == "small"
         )
         w_candidate = recurrent_kernel[:, 2 * u :]
+        w_gates = _recurrent_weights(recurrent_kernel, r_mask, block_groups[:-1], u)
 
         def gru_step(carry, inputs_t, mask_t):
             (s_tm1,) = carry
@@ -334,9 +394,7 @@ def gru_sequence(
             gates = [
                 recurrent_activation(ws + ux)
                 for ws, ux in zip(
-                    _recurrent_terms(
-                        s_tm1, r_mask, recurrent_kernel, block_groups[:-1], u
-                    ),
+                    _recurrent_terms(s_tm1, r_mask, w_gates, block_groups[:-1]),
                     ux_gates,
                 )
             ]
@@ -355,7 +413,13 @@ def gru_sequence(
         return _scan(gru_step, (s0,), inputs, mask, keep, form, training)
 
     outputs = (return_sequences, zero_output_for_mask)
-    return _dispatch(run, x, mask, form, GRU_FORMS, training, small_batch_max, outputs)
+    batch_max = {"small": small_batch_max}
+    if refusal is None:
+        batch_max["block"] = (
+            GRU_BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
+        )
+    above = ABOVE_LADDER["gru"]
+    return _dispatch(run, x, mask, form, GRU_FORMS, training, batch_max, outputs, above)
 
 
 def _is(function: Callable, name: str) -> bool:
@@ -407,15 +471,31 @@ def _dropped(state, r_mask, j: int):
     return state * (r_mask[j] if isinstance(r_mask, list) else r_mask)
 
 
-def _recurrent_terms(state, r_mask, w, block_groups, u):
+def _recurrent_weights(w, r_mask, block_groups, u):
+    """W's columns for each group of gate blocks (per block where each block
+    has its own recurrent mask), sliced once, before the loop: a slice inside
+    the step would copy them at every step (and its gradient accumulate)."""
+
+    def columns(blocks):
+        if blocks[0] == 0 and (blocks[-1] + 1) * u == w.shape[1]:
+            return w  # every column
+        return w[:, _columns(blocks, u)]
+
+    if not isinstance(r_mask, list):
+        return [columns(g) for g in block_groups]
+    return [[columns([j]) for j in g] for g in block_groups]
+
+
+def _recurrent_terms(state, r_mask, w_groups, block_groups):
     """W state_{t-1} for each group of gate blocks, the dropout mask applied:
-    one product per group, or per block when each block has its own mask."""
+    one product per group, or per block when each block has its own mask
+    (``w_groups`` from ``_recurrent_weights``)."""
     if not isinstance(r_mask, list):
         s_in = _dropped(state, r_mask, 0)
-        return [ops.matmul(s_in, w[:, _columns(g, u)]) for g in block_groups]
+        return [ops.matmul(s_in, w_g) for w_g in w_groups]
     return [
-        _joined([ops.matmul(state * r_mask[j], w[:, _columns([j], u)]) for j in group])
-        for group in block_groups
+        _joined([ops.matmul(state * r_mask[j], w_j) for j, w_j in zip(g, w_g)])
+        for g, w_g in zip(block_groups, w_groups)
     ]
 
 
@@ -441,12 +521,15 @@ def _block_input_terms(x, x_masks, kernel, bias, block_groups, u, hoist):
     return inputs, list
 
 
-def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
+def _dispatch(run, x, mask, form, forms, training, batch_max, outputs, above):
     """Run the loop in ``form`` (or the one ``"auto"`` picks), read the outputs.
 
     ``run(form) -> (final states, the first state at every step or None)``;
     ``x`` and ``mask`` are time-major; ``forms`` the kernel's forms;
-    ``outputs`` is ``(return_sequences, zero_output_for_mask)``.
+    ``batch_max`` maps the inference forms chosen by batch size (``"block"``
+    where it applies, ``"small"``) to the largest batch each takes; above
+    them the form ``above``. ``outputs`` is ``(return_sequences,
+    zero_output_for_mask)``.
     """
 
     def outputs_of(form):
@@ -464,26 +547,315 @@ def _dispatch(run, x, mask, form, forms, training, small_batch_max, outputs):
         return outputs_of("large")
     if "compiled" in forms and compiled():
         return outputs_of("compiled")
+    # (largest batch, form), by batch size: "block" (where it applies), then
+    # "small", then `above` for every batch above.
+    ladder = [(batch_max[f], f) for f in ("block", "small") if f in batch_max]
+    ladder = [step for j, step in enumerate(ladder) if j == 0 or step[0] > ladder[0][0]]
     batch = x.shape[1]
     if batch is not None:  # known when tracing: choose now
-        return outputs_of("small" if batch <= small_batch_max else "large")
-    # Dynamic batch (a serving signature): both forms in the graph, one runs.
-    branches = [lambda: outputs_of("small"), lambda: outputs_of("large")]
-    if keras.backend.backend() == "tensorflow":
+        return outputs_of(next((f for top, f in ladder if batch <= top), above))
+    # Dynamic batch (a serving signature): every form in the graph, one runs.
+    names = [f for _, f in ladder] + [above]
+    branches = [lambda f=f: outputs_of(f) for f in names]
+    if keras.backend.backend() != "tensorflow":
+        return ops.cond(ops.shape(x)[1] <= ladder[0][0], *branches)
+    import tensorflow as tf
+
+    # Each form as one function call (tf.function's documented
+    # experimental_attributes; "_noinline" is on its allow-list): the
+    # executor then skips the untaken forms in one node instead of
+    # propagating "dead" through their ~100 ops, which cost the batch-1
+    # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
+    branches = [
+        tf.function(
+            branch, autograph=False, experimental_attributes={"_noinline": True}
+        )
+        for branch in branches
+    ]
+    size = tf.shape(x)[1]
+    if len(branches) == 2:
+        return tf.cond(size <= ladder[0][0], *branches)
+    index = tf.add_n([tf.cast(size > top, "int32") for top, _ in ladder])
+    return tf.switch_case(index, branches)
+
+
+def block_form_refusal(
+    dtype,
+    mask,
+    recurrent_dropout_mask,
+    default_activations,
+    forget_gate,
+    input_dropout_masks=None,
+) -> str | None:
+    """Why the LSTM's ``"block"`` form cannot run this call, or None.
+
+    The form is one ``tf.raw_ops.BlockLSTMV2`` (TensorFlow's fused CPU LSTM
+    op, a core op: TF Serving's C++ server runs it): the whole sequence in one
+    op, its weight ``w = [kernel; recurrent_kernel]`` in Keras's own block
+    order [i | f | c | o] (the op's "IFCO"), no peepholes, no cell clip. It
+    computes exactly this package's LSTM with sigmoid gates, tanh state
+    activation and the forget gate, in float32 (its other type, float16, is
+    left to the other forms' precision), without a recurrent dropout mask and
+    without per-gate-block input masks (one input dropout mask is applied to
+    x before; per-block ones need one product per block). It takes one sequence length
+    for the whole batch, not a per-example mask, so a call with a mask takes
+    another form. It is TensorFlow's graph executor's form: XLA has no kernel
+    for the op, and other backends do not have it.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return "it is a TensorFlow op (backend " + keras.backend.backend() + ")"
+    if compiled():
+        return "XLA has no kernel for BlockLSTMV2 (use 'compiled' under jit_compile)"
+    if not default_activations:
+        return "it computes sigmoid gates and a tanh state activation only"
+    if not forget_gate:
+        return "it computes the LSTM with a forget gate only"
+    if keras.backend.standardize_dtype(dtype) != "float32":
+        return (
+            f"it runs float32 only (received {keras.backend.standardize_dtype(dtype)})"
+        )
+    if mask is not None:
+        return "it takes no per-step mask"
+    if recurrent_dropout_mask is not None:
+        return "it applies no recurrent dropout mask"
+    if input_dropout_masks is not None:
+        return "it takes one input dropout mask, not one per gate block"
+    return None
+
+
+def _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep):
+    """The ``"block"`` form: the sequence through ``tf.raw_ops.BlockLSTMV2``.
+
+    ``x`` time-major, in reading order, dropout applied. Returns ``(final
+    states, h at every step or None)`` as ``_scan``. Differentiable through
+    ``_block_lstm_op``.
+    """
+    import tensorflow as tf
+
+    units = recurrent_kernel.shape[0]
+    dtype = x.dtype
+    w = tf.concat([kernel, recurrent_kernel], axis=0)
+    b = tf.zeros((4 * units,), dtype) if bias is None else bias
+    s, h = _block_lstm_op(x, tf.cast(s0, dtype), tf.cast(h0, dtype), w, b)
+
+    def last(sequence, initial):  # the last step's state; the initial one if none
+        return tf.concat([initial[None], sequence[-1:]], axis=0)[-1]
+
+    final = (last(h, h0), last(s, s0))
+    return final, (h if keep else None)
+
+
+def _block_lstm_op(x, cs_prev, h_prev, w, b):
+    """``BlockLSTMV2``'s states ``(cs, h)`` at every step, with its gradient.
+
+    TensorFlow registers ``BlockLSTMV2``'s gradient as the first version's
+    (``BlockLSTMGrad``, whose gate blocks are in the other order, i c f o):
+    measured wrong, every gradient off by up to 2 on a 6-step sequence. So
+    the gradient here is ``BlockLSTMGradV2``'s, the op's own, and checked
+    against the loop forms' (``tests/test_kernel_functions.py``).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def op(x, cs_prev, h_prev, w, b):
+        no_peephole = tf.zeros(tf.shape(b)[:1] // 4, x.dtype)
+        inputs = {
+            "seq_len_max": tf.cast(tf.shape(x)[0], "int64"),
+            "x": x,
+            "cs_prev": cs_prev,
+            "h_prev": h_prev,
+            "w": w,
+            "wci": no_peephole,
+            "wcf": no_peephole,
+            "wco": no_peephole,
+            "b": b,
+        }
+        # No peepholes; no cell clipping (a negative clip turns it off).
+        i, cs, f, o, ci, co, h = tf.raw_ops.BlockLSTMV2(
+            **inputs, cell_clip=-1.0, use_peephole=False
+        )
+
+        def grad(cs_grad, h_grad):
+            grads = tf.raw_ops.BlockLSTMGradV2(
+                **inputs,
+                i=i,
+                cs=cs,
+                f=f,
+                o=o,
+                ci=ci,
+                co=co,
+                h=h,
+                cs_grad=tf.zeros_like(cs) if cs_grad is None else cs_grad,
+                h_grad=tf.zeros_like(h) if h_grad is None else h_grad,
+                use_peephole=False,
+            )
+            x_grad, cs_prev_grad, h_prev_grad, w_grad, *_, b_grad = grads
+            return x_grad, cs_prev_grad, h_prev_grad, w_grad, b_grad
+
+        return (cs, h), grad
+
+    return op(x, cs_prev, h_prev, w, b)
+
+
+def gru_block_form_refusal(
+    dtype, recurrent_dropout_mask, default_activations, input_dropout_masks
+) -> str | None:
+    """Why the GRU's ``"block"`` form cannot run this call, or None.
+
+    The form is a loop of ``tf.raw_ops.GRUBlockCell``, TensorFlow's fused CPU
+    step of the reset-before GRU (a core op: TF Serving's C++ server runs
+    it), one op per step: r_t, u_t = sigmoid([x_t, s_{t-1}] W_ru + b_ru),
+    c_t = tanh([x_t, r_t * s_{t-1}] W_c + b_c), s_t = u_t * s_{t-1} +
+    (1 - u_t) * c_t, which is this package's GRU with u_t = z_t (Keras's
+    update gate, 1 - i_t) and r_t = o_t, where the gates are sigmoid and the
+    candidate tanh, in float32 (the op's CPU type), without a recurrent
+    dropout mask or per-gate-block input masks (one input mask is applied to
+    x before). Being one op per step, it keeps a per-step mask (the loop's
+    ``where``). TensorFlow registers no gradient for the op: the form has its
+    own (``_block_gru_op``). XLA has no kernel for it, and other backends do
+    not have it.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return "it is a TensorFlow op (backend " + keras.backend.backend() + ")"
+    if compiled():
+        return "XLA has no kernel for GRUBlockCell"
+    if not default_activations:
+        return "it computes sigmoid gates and a tanh candidate only"
+    if keras.backend.standardize_dtype(dtype) != "float32":
+        return (
+            f"it runs float32 only (received {keras.backend.standardize_dtype(dtype)})"
+        )
+    if recurrent_dropout_mask is not None:
+        return "it applies no recurrent dropout mask"
+    if input_dropout_masks is not None:
+        return "it takes one input dropout mask, not one per gate block"
+    return None
+
+
+def _block_gru(x, s0, mask, kernel, recurrent_kernel, bias, keep):
+    """The GRU's ``"block"`` form: one ``tf.raw_ops.GRUBlockCell`` per step.
+
+    The op's weights from Keras's blocks [z | r | h]: ``w_ru = [kernel;
+    recurrent_kernel]`` columns [r | z] (its u is z), ``w_c`` the candidate's
+    columns. ``x`` time-major, in reading order, dropout applied; returns
+    ``(final states, s at every step or None)`` as ``_scan``.
+    """
+    import tensorflow as tf
+
+    u = recurrent_kernel.shape[0]
+    dtype = x.dtype
+    w = tf.concat([kernel, recurrent_kernel], axis=0)
+    w_ru = tf.concat([w[:, u : 2 * u], w[:, :u]], axis=1)
+    w_c = w[:, 2 * u :]
+    if bias is None:
+        b_ru, b_c = tf.zeros((2 * u,), dtype), tf.zeros((u,), dtype)
+    else:
+        b_ru, b_c = tf.concat([bias[u : 2 * u], bias[:u]], axis=0), bias[2 * u :]
+    final, sequence = _block_gru_op(
+        x, tf.cast(s0, dtype), w_ru, w_c, b_ru, b_c, mask=mask, keep=keep
+    )
+    return (final,), sequence
+
+
+def _gru_block_loop(x, s0, weights, mask, keep):
+    """The GRU's block loop: ``(s_T, s at every step or None)``."""
+
+    def gru_step(carry, inputs_t, mask_t):
         import tensorflow as tf
 
-        # Each form as one function call (tf.function's documented
-        # experimental_attributes; "_noinline" is on its allow-list): the
-        # executor then skips the untaken form in one node instead of
-        # propagating "dead" through its ~100 ops, which cost the batch-1
-        # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
-        branches = [
-            tf.function(
-                branch, autograph=False, experimental_attributes={"_noinline": True}
+        (s_tm1,) = carry
+        *_, s_t = tf.raw_ops.GRUBlockCell(x=inputs_t[0], h_prev=s_tm1, **weights)
+        if mask_t is not None:
+            s_t = tf.where(mask_t[:, None], s_t, s_tm1)
+        return (s_t,)
+
+    (final,), sequence = _scan(gru_step, (s0,), [x], mask, keep, "block", False)
+    return final, sequence
+
+
+def _block_gru_op(x, s0, w_ru, w_c, b_ru, b_c, *, mask, keep):
+    """``_gru_block_loop`` with a gradient (TensorFlow registers none for
+    ``GRUBlockCell``).
+
+    The gradient runs the loop again, keeping every state; computes every
+    step's gates r_t, u_t and candidate c_t from those states at once (as
+    the op does); then goes back through the steps with the op's own
+    ``GRUBlockCellGrad``, one op per step, and takes the weights' gradients
+    from its pre-activation gradients after the loop, in one product each.
+    A masked step passes its gradient to the state before it unchanged.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def op(x, s0, w_ru, w_c, b_ru, b_c):
+        weights = {"w_ru": w_ru, "w_c": w_c, "b_ru": b_ru, "b_c": b_c}
+        final, sequence = _gru_block_loop(x, s0, weights, mask, keep)
+
+        def grad(d_final, d_sequence=None):
+            _, states = _gru_block_loop(x, s0, weights, mask, True)
+            h_prev = tf.concat([s0[None], states], axis=0)[:-1]
+            x_h = tf.concat([x, h_prev], axis=-1)
+            r, u = tf.split(
+                tf.sigmoid(tf.einsum("tbk,kn->tbn", x_h, w_ru) + b_ru), 2, -1
             )
-            for branch in branches
-        ]
-    return ops.cond(ops.shape(x)[1] <= small_batch_max, *branches)
+            x_rh = tf.concat([x, r * h_prev], axis=-1)
+            c = tf.tanh(tf.einsum("tbk,kn->tbn", x_rh, w_c) + b_c)
+            d_states = tf.zeros_like(states) if d_sequence is None else d_sequence
+            length = tf.shape(x)[0]
+            steps = [x, h_prev, r, u, c, d_states]
+            if mask is not None:
+                steps.append(tf.cast(mask, x.dtype)[:, :, None])
+            tas = [
+                tf.TensorArray(t.dtype, size=length, element_shape=t.shape[1:]).unstack(
+                    t
+                )
+                for t in steps
+            ]
+            d_x_ta, d_c_ta, d_ru_ta = (
+                tf.TensorArray(x.dtype, size=length, element_shape=shape)
+                for shape in (x.shape[1:], c.shape[1:], (c.shape[1], 2 * w_c.shape[1]))
+            )
+
+            def body(k, d_h, d_x_ta, d_c_ta, d_ru_ta):
+                t = length - 1 - k
+                x_t, h_t, r_t, u_t, c_t, d_s_t, *m_t = (ta.read(t) for ta in tas)
+                d_h = d_h + d_s_t
+                d_op = d_h if not m_t else d_h * m_t[0]
+                d_x_t, d_h_prev, d_c_bar, d_ru_bar = tf.raw_ops.GRUBlockCellGrad(
+                    x=x_t, h_prev=h_t, **weights, r=r_t, u=u_t, c=c_t, d_h=d_op
+                )
+                if m_t:
+                    d_h_prev = d_h_prev + d_h * (1.0 - m_t[0])
+                return (
+                    k + 1,
+                    d_h_prev,
+                    d_x_ta.write(t, d_x_t),
+                    d_c_ta.write(t, d_c_bar),
+                    d_ru_ta.write(t, d_ru_bar),
+                )
+
+            _, d_s0, d_x_ta, d_c_ta, d_ru_ta = tf.while_loop(
+                lambda *_: True,
+                body,
+                (0, tf.zeros_like(s0) if d_final is None else d_final, d_x_ta,
+                 d_c_ta, d_ru_ta),
+                maximum_iterations=length,
+            )  # fmt: skip
+            d_c_bar, d_ru_bar = d_c_ta.stack(), d_ru_ta.stack()
+            d_w_ru = tf.einsum("tbk,tbn->kn", x_h, d_ru_bar)
+            d_w_c = tf.einsum("tbk,tbn->kn", x_rh, d_c_bar)
+            d_b_ru = tf.reduce_sum(d_ru_bar, axis=(0, 1))
+            d_b_c = tf.reduce_sum(d_c_bar, axis=(0, 1))
+            return d_x_ta.stack(), d_s0, d_w_ru, d_w_c, d_b_ru, d_b_c
+
+        if sequence is None:
+            return final, grad
+        return (final, sequence), grad
+
+    result = op(x, s0, w_ru, w_c, b_ru, b_c)
+    if keep:
+        return result
+    return result, None
 
 
 def _read_outputs(final, sequence, mask, return_sequences, zero_output_for_mask):
@@ -611,7 +983,7 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
         body,
         loop_vars,
         maximum_iterations=length,
-        parallel_iterations=1 if form == "small" else 32,
+        parallel_iterations=1 if form in ("small", "block") else 32,
         swap_memory=training,
     )
     carry = tuple(result[-len(init) :])

@@ -334,10 +334,11 @@ class LSTM(GatedRNN):
     (2, 1)
     """
 
-    # Inference up to this batch takes the fast path's small-batch form
-    # (measured crossover at 100 steps x 64 features -> 128 units: it wins at
-    # batch 1 and 2, ties at 4, the large-batch form wins from batch 8).
-    fused_max_batch = 4
+    # Inference up to this batch takes the fast path's small-batch form where
+    # the "block" form (kernels.BLOCK_BATCH_MAX) does not apply (a mask, mixed
+    # precision): above it the plain step measured faster
+    # (benchmarks/README.md, "CPU matrix").
+    fused_max_batch = 2
 
     def __init__(
         self,

@@ -53,7 +53,8 @@ def test_quick_benchmark_writes_the_matrix(tmp_path):
     exports = {(r["family"], r["jit_compile"]) for r in results["serving"]}
     assert exports == {("LSTM", False), ("LSTM", True), ("GRU", False), ("GRU", True)}
     assert len(results["load_before"]) == 3 and results["started"]
-    assert "| exported model (C++ loader, batch 1)" in result.stdout
+    assert {r["batch"] for r in results["serving"]} == {1}
+    assert "| exported model (C++ loader) |" in result.stdout
     assert "| tf-xla-function | keras_gates.GRU |" in result.stdout
 
 
@@ -68,6 +69,13 @@ def test_unknown_configuration_is_refused_in_one_line():
     result = bench("--configs", "tf-graph,tpu", timeout=120)
     assert result.returncode == 2
     assert "`--configs` must name configurations among" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_batches_are_refused_in_one_line():
+    result = bench("--batches", "1,eight", timeout=120)
+    assert result.returncode == 2
+    assert "`--batches` must be comma-separated positive integers" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -30,10 +30,13 @@ from keras_gates.base import GatedCell, GatedRNN
 
 BACKEND = keras.backend.backend()
 GRAD_ATOL = 1e-4
+# The loop forms, which take every option; the "block" forms (TensorFlow's
+# fused ops) take fewer and have their own tests below.
 VARIANT_FORMS = [
     (variant, form)
     for variant in ("lstm", "lstm_no_forget", "gru")
     for form in (kernels.GRU_FORMS if variant == "gru" else kernels.LSTM_FORMS)
+    if form != "block"
 ]
 GAPS = [[1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
 LEFT_PADDING = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]]
@@ -234,6 +237,549 @@ def test_form_is_checked():
         kernel_call("gru", weights, random((1, 2, 3), 0), "compiled")
 
 
+# -- the LSTM's "block" form (tf.raw_ops.BlockLSTMV2) ----------------------- #
+
+needs_tf = pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow op")
+BLOCK_CASES = {
+    "sequences": {},
+    "backwards_initial_state": {"go_backwards": True, "initial_state": True},
+    "last_output": {"return_sequences": False, "initial_state": True},
+    "input_dropout_mask": {"input_dropout": True, "go_backwards": True},
+    "no_bias": {"no_bias": True},
+}
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("case", sorted(BLOCK_CASES))
+def test_block_form_equals_oracle_and_the_loop_forms(case, graph):
+    """Outputs and final states (return_state) against the NumPy oracle, and
+    against the loop forms on the same call."""
+    import tensorflow as tf
+
+    spec = dict(BLOCK_CASES[case])
+    layer = make_layer("lstm", 5, 4, use_bias=not spec.get("no_bias", False))
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    if spec.pop("no_bias", False):
+        weights.append(None)
+    x = random((3, 6, 4), 11)
+    options = {"return_sequences": spec.pop("return_sequences", True)}
+    oracle = {}
+    if spec.pop("go_backwards", False):
+        options["go_backwards"] = oracle["go_backwards"] = True
+    if spec.pop("initial_state", False):
+        states = [random((3, 5), 21 + k) for k in range(2)]
+        options["states"] = oracle["initial_state"] = states
+    x_oracle = x
+    if spec.pop("input_dropout", False):
+        input_mask = (random((3, 4), 5) > 0).astype("float32") * 2.0
+        options["input_dropout_mask"] = input_mask
+        x_oracle = x * input_mask[:, None, :]
+    assert not spec
+
+    def call(form):
+        def fn(x):
+            return block_call(weights, x, form, **dict(options))
+
+        fn = tf.function(fn) if graph else fn
+        return [as_numpy(t) for t in nest_flatten(fn(tf.constant(x)))]
+
+    got = call("block")
+    want_outputs, want_last, want_states, _ = reference(
+        "lstm", layer, x_oracle, **oracle
+    )
+    last, outputs, h_t, s_t = got
+    np.testing.assert_allclose(last, want_last, rtol=RTOL, atol=ATOL)
+    if options["return_sequences"]:
+        np.testing.assert_allclose(outputs, want_outputs, rtol=RTOL, atol=ATOL)
+    else:
+        assert outputs.shape == (3, 1, 5)
+    for value, want in zip((h_t, s_t), want_states, strict=True):
+        np.testing.assert_allclose(value, want, rtol=RTOL, atol=ATOL)
+    for form in ("small", "large", "compiled"):
+        for value, other in zip(got, call(form), strict=True):
+            np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6)
+
+
+def block_call(weights, x, form, **options):
+    """kernel_call for the LSTM, with a bias of None allowed."""
+    kernel, recurrent_kernel = (ops.convert_to_tensor(w) for w in weights[:2])
+    bias = None if weights[2] is None else ops.convert_to_tensor(weights[2])
+    states = options.pop("states", None)
+    if states is None:
+        states = [ops.zeros((x.shape[0], weights[1].shape[0]))] * 2
+    states = [ops.convert_to_tensor(s) for s in states]
+    return kernels.lstm_sequence(
+        x, states[0], states[1], options.pop("mask", None), kernel,
+        recurrent_kernel, bias, form=form, **options,
+    )  # fmt: skip
+
+
+def nest_flatten(result):
+    last, outputs, states = result
+    return [last, outputs, *states]
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_block_form_gradients_equal_keras_loop_and_large_form(graph):
+    """Gradients of inputs, every weight and the initial states, through the
+    op's own gradient op (BlockLSTMGradV2): Keras's loop over the cell's
+    `call` for x and the weights, the large (training) form for all."""
+    import tensorflow as tf
+
+    def gradients_of(fn, args):
+        if not graph:
+            return gradients(fn, args)
+        return tf.function(lambda *a: gradients(fn, a))(*[tf.constant(a) for a in args])
+
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 12)
+    h0, s0 = random((3, 5), 31), random((3, 5), 32)
+
+    def loss(form):
+        def fn(x, kernel, recurrent_kernel, bias, h0, s0):
+            last, outputs, (h_t, s_t) = kernels.lstm_sequence(
+                x, h0, s0, None, kernel, recurrent_kernel, bias,
+                return_sequences=True, form=form, training=True,
+            )  # fmt: skip
+            return weighted_sum(outputs) + ops.sum(s_t * s_t) + ops.sum(last)
+
+        return fn
+
+    args = [x, *weights, h0, s0]
+    got = gradients_of(loss("block"), args)
+    for g, w in zip(got, gradients(loss("large"), args), strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+    def block_only_outputs(x, *weights):
+        return kernel_loop("lstm", "block", None)(x, *weights)
+
+    got = gradients_of(block_only_outputs, [x, *weights])
+    want = gradients(keras_loop("lstm", layer, None), [x, *weights])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+    assert bool(tf.reduce_all(tf.math.is_finite(got[0])))
+
+
+@needs_tf
+@pytest.mark.parametrize(
+    "why,options,match",
+    [
+        ("mask", {"mask": np.ones((2, 3), bool)}, "no per-step mask"),
+        ("recurrent_dropout", {"recurrent_dropout_mask": np.ones((2, 5), "float32")},
+         "recurrent dropout"),
+        ("no_forget_gate", {"forget_gate": False}, "forget gate"),
+        ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
+        ("float64", {"dtype": "float64"}, "float32 only"),
+        ("float16", {"dtype": "float16"}, "float32 only"),
+        ("input_dropout_per_block",
+         {"input_dropout_mask": [np.ones((2, 4), "float32")] * 4},
+         "one input dropout mask"),
+    ],
+)  # fmt: skip
+def test_block_form_refuses_what_it_does_not_compute(why, options, match):
+    options = dict(options)
+    dtype = options.pop("dtype", "float32")
+    n = 3 if options.get("forget_gate") is False else 4
+    x = ops.convert_to_tensor(random((2, 3, 4), 0).astype(dtype))
+    zeros = ops.zeros((2, 5), dtype)
+    weights = [
+        ops.convert_to_tensor(random(shape, 1).astype(dtype))
+        for shape in ((4, n * 5), (5, n * 5), (n * 5,))
+    ]
+    mask = options.pop("mask", None)
+    with pytest.raises(ValueError, match=rf"`form='block'` does not apply.*{match}"):
+        kernels.lstm_sequence(x, zeros, zeros, mask, *weights, form="block", **options)
+
+
+@needs_tf
+def test_block_form_refuses_xla():
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    compiled = tf.function(
+        lambda x: kernel_call("lstm", weights, x, "block")[0], jit_compile=True
+    )
+    with pytest.raises(ValueError, match="XLA has no kernel for BlockLSTMV2"):
+        compiled(tf.constant(random((1, 3, 4), 0)))
+
+
+# -- the GRU's "block" form (tf.raw_ops.GRUBlockCell per step) -------------- #
+
+GRU_BLOCK_CASES = sorted(c for c in CASES if not c.startswith("dropout"))
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("case", GRU_BLOCK_CASES)
+def test_gru_block_form_equals_oracle_and_the_loop_forms(case, graph):
+    """Outputs and final state against the NumPy oracle (the cases of
+    test_kernel_equals_oracle without dropout: masks, go_backwards, initial
+    state, zero_output_for_mask, last output), and against the loop forms on
+    the same call."""
+    import tensorflow as tf
+
+    if not graph:
+        test_kernel_equals_oracle("gru", "block", case)
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 1)
+    spec = dict(CASES[case])
+    options = {"return_sequences": spec.pop("return_sequences", True)}
+    if "mask" in spec:
+        options["mask"] = np.array(spec.pop("mask"), bool)
+    for name in ("go_backwards", "zero_output_for_mask"):
+        if name in spec:
+            options[name] = spec.pop(name)
+    if spec.pop("initial_state", False):
+        options["states"] = [random((3, 5), 7)]
+    assert not spec
+
+    def call(form):
+        def fn(x):
+            return kernel_call("gru", weights, x, form, **dict(options))
+
+        fn = tf.function(fn) if graph else fn
+        return [as_numpy(t) for t in nest_flatten(fn(tf.constant(x)))]
+
+    got = call("block")
+    for form in ("small", "large"):
+        for value, other in zip(got, call(form), strict=True):
+            np.testing.assert_allclose(value, other, rtol=1e-5, atol=1e-6)
+
+
+@needs_tf
+def test_gru_block_form_with_an_input_dropout_mask_and_no_bias():
+    """One input mask (applied to x before the op) and no bias (zeros)."""
+    layer = make_layer("gru", 5, 4, use_bias=False)
+    weights = [*(np.asarray(w) for w in layer.cell.get_weights()), None]
+    x = random((3, 6, 4), 2)
+    input_mask = (random((3, 4), 5) > 0).astype("float32") * 2.0
+    kernel, recurrent_kernel = (ops.convert_to_tensor(w) for w in weights[:2])
+    last, outputs, (s_t,) = kernels.gru_sequence(
+        ops.convert_to_tensor(x), ops.zeros((3, 5)), None, kernel,
+        recurrent_kernel, None, input_dropout_mask=input_mask,
+        return_sequences=True, form="block",
+    )  # fmt: skip
+    want_outputs, want_last, (want_s,), _ = reference(
+        "gru", layer, x * input_mask[:, None, :]
+    )
+    np.testing.assert_allclose(as_numpy(outputs), want_outputs, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(as_numpy(last), want_last, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(as_numpy(s_t), want_s, rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("keep", [False, True], ids=["last", "sequences"])
+def test_gru_block_form_gradients_equal_the_large_form(keep, masked, graph):
+    """Gradients of the inputs, every weight and the initial state through
+    the form's own gradient (GRUBlockCellGrad per step) equal the large
+    form's, with a mask (masked steps pass the gradient on) or without, from
+    the last output alone or every output."""
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 13)
+    s0 = random((3, 5), 33)
+    mask = tf.constant(np.array(GAPS, bool)) if masked else None
+
+    def loss(form):
+        def fn(x, kernel, recurrent_kernel, bias, s0):
+            last, outputs, (s_t,) = kernels.gru_sequence(
+                x, s0, mask, kernel, recurrent_kernel, bias,
+                return_sequences=keep, form=form,
+            )  # fmt: skip
+            total = ops.sum(s_t * s_t) + ops.sum(last)
+            return total + weighted_sum(outputs) if keep else total
+
+        return fn
+
+    def gradients_of(fn, args):
+        if not graph:
+            return gradients(fn, args)
+        return tf.function(lambda *a: gradients(fn, a))(*[tf.constant(a) for a in args])
+
+    args = [x, *weights, s0]
+    got = gradients_of(loss("block"), args)
+    want = gradients(loss("large"), args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+
+@needs_tf
+def test_gru_block_form_gradients_equal_keras_loop_over_call():
+    """Against Keras's own loop over the cell's `call`, with gaps."""
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, 6, 4), 2)
+    mask = ops.convert_to_tensor(np.array(GAPS, bool))
+    args = [x, *weights]
+    got = gradients(kernel_loop("gru", "block", mask), args)
+    want = gradients(keras_loop("gru", layer, mask), args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize(
+    "why,options,match",
+    [
+        ("recurrent_dropout", {"recurrent_dropout_mask": np.ones((2, 5), "float32")},
+         "recurrent dropout"),
+        ("input_dropout_per_block",
+         {"input_dropout_mask": [np.ones((2, 4), "float32")] * 3},
+         "one input dropout mask"),
+        ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
+        ("float64", {"dtype": "float64"}, "float32 only"),
+        ("float16", {"dtype": "float16"}, "float32 only"),
+    ],
+)  # fmt: skip
+def test_gru_block_form_refuses_what_it_does_not_compute(why, options, match):
+    options = dict(options)
+    dtype = options.pop("dtype", "float32")
+    x = ops.convert_to_tensor(random((2, 3, 4), 0).astype(dtype))
+    weights = [
+        ops.convert_to_tensor(random(shape, 1).astype(dtype))
+        for shape in ((4, 15), (5, 15), (15,))
+    ]
+    with pytest.raises(ValueError, match=rf"`form='block'` does not apply.*{match}"):
+        kernels.gru_sequence(
+            x, ops.zeros((2, 5), dtype), None, *weights, form="block", **options
+        )
+
+
+@needs_tf
+def test_gru_block_form_refuses_xla():
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    compiled = tf.function(
+        lambda x: kernel_call("gru", weights, x, "block")[0], jit_compile=True
+    )
+    with pytest.raises(ValueError, match="XLA has no kernel for GRUBlockCell"):
+        compiled(tf.constant(random((1, 3, 4), 0)))
+
+
+@pytest.fixture
+def forms_ran(monkeypatch):
+    """The forms the LSTM and GRU kernels run, in call order: "block" for
+    the one op, else the loop form `_scan` runs."""
+    ran = []
+    original_block, original_scan = kernels._block_lstm, kernels._scan
+
+    def block_spy(*args):
+        ran.append("block")
+        return original_block(*args)
+
+    def scan_spy(step, init, inputs, mask, keep, form, training):
+        ran.append(form)
+        return original_scan(step, init, inputs, mask, keep, form, training)
+
+    monkeypatch.setattr(kernels, "_block_lstm", block_spy)
+    monkeypatch.setattr(kernels, "_scan", scan_spy)
+    return ran
+
+
+@needs_tf
+def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
+    """Inference in the graph executor: "block" up to its batch, unmasked;
+    a mask or a larger batch takes the loop forms (with the oracle's values);
+    a dynamic batch traces every form and runs the one for its size."""
+    import tensorflow as tf
+
+    ran = forms_ran
+    layer = make_layer("lstm", 5, 4)
+    small_max = layer.fused_max_batch
+    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "compiled"
+    for batch, masked, form in [
+        (1, False, "block"),
+        (kernels.BLOCK_BATCH_MAX, False, "block"),
+        (1, True, "small"),
+        (kernels.BLOCK_BATCH_MAX + 1, False, above_block),
+        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "compiled"),
+        (small_max + 1, True, "compiled"),
+    ]:  # fmt: skip
+        ran.clear()
+        x = random((batch, 6, 4), batch)
+        mask = np.ones((batch, 6), bool)
+        if masked:
+            mask[:, 4:] = False
+        got = tf.function(layer)(
+            tf.constant(x), mask=tf.constant(mask) if masked else None
+        )
+        assert ran == [form], (batch, masked)
+        want = reference("lstm", layer, x, mask=mask if masked else None)[1]
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    ran.clear()
+    dynamic = tf.function(
+        layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
+    )
+    for batch in (1, kernels.BLOCK_BATCH_MAX + 1, 40):
+        x = random((batch, 6, 4), batch)
+        got = dynamic(tf.constant(x))
+        np.testing.assert_allclose(
+            as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
+        )
+    assert "block" in ran and "compiled" in ran  # every form traced once
+
+
+@needs_tf
+def test_auto_picks_the_gru_block_form_by_batch(forms_ran):
+    """The GRU's block form takes masked calls too (the loop's `where`), up
+    to its batch; training, and larger batches, take the loop forms; a
+    dynamic batch traces the block form and the large one."""
+    import tensorflow as tf
+
+    layer = make_layer("gru", 5, 4, return_sequences=True)
+    top = kernels.GRU_BLOCK_BATCH_MAX
+    for batch, masked, training, form in [
+        (1, False, False, "block"),
+        (1, True, False, "block"),
+        (top, True, False, "block"),
+        (top + 1, False, False, "small" if layer.fused_max_batch > top else "large"),
+        (1, False, True, "large"),
+    ]:  # fmt: skip
+        forms_ran.clear()
+        x = random((batch, 6, 4), batch)
+        mask = np.ones((batch, 6), bool)
+        mask[:, 4:] = not masked
+        got = tf.function(lambda x, m, t=training: layer(x, mask=m, training=t))(
+            tf.constant(x), tf.constant(mask) if masked else None
+        )
+        assert forms_ran == [form], (batch, masked, training)
+        want = reference("gru", layer, x, mask=mask if masked else None)[0]
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms_ran.clear()
+    dynamic = tf.function(
+        layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
+    )
+    for batch in (1, top + 1):
+        x = random((batch, 6, 4), batch)
+        np.testing.assert_allclose(
+            as_numpy(dynamic(tf.constant(x))),
+            reference("gru", layer, x)[0],
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    assert "block" in forms_ran and "large" in forms_ran
+
+
+# Where the block form meets the layers' other options: it runs where it
+# computes the same numbers, and leaves the call to a loop form where not.
+
+
+@needs_tf
+def test_block_form_with_dropout_runs_at_inference_only(forms_ran):
+    """Dropout is off at inference: the block form runs the layer (no masks
+    drawn); training takes the large form with its dropout masks."""
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4, dropout=0.3, recurrent_dropout=0.2)
+    x = random((2, 6, 4), 3)
+    got = tf.function(lambda x: layer(x, training=False))(tf.constant(x))
+    assert forms_ran == ["block"]
+    want = reference("lstm", layer, x)[1]
+    np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms_ran.clear()
+    tf.function(lambda x: layer(x, training=True))(tf.constant(x))
+    assert forms_ran == ["large"]
+
+
+@needs_tf
+def test_block_form_in_a_stateful_layer_carries_the_state(forms_ran):
+    """Two calls of a stateful layer: the second starts from the first's
+    final states (the op's h_prev and cs_prev), as the oracle."""
+    import tensorflow as tf
+
+    layer = make_layer("lstm", 5, 4, batch=2, stateful=True, return_sequences=True)
+    call = tf.function(layer)
+    first, second = random((2, 6, 4), 4), random((2, 3, 4), 5)
+    got = [as_numpy(call(tf.constant(x))) for x in (first, second)]
+    assert forms_ran == ["block", "block"]
+    want_first, _, states, _ = reference("lstm", layer, first)
+    want_second = reference("lstm", layer, second, initial_state=states)[0]
+    np.testing.assert_allclose(got[0], want_first, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got[1], want_second, rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_block_form_in_bidirectional_equals_keras(masked, forms_ran):
+    """Bidirectional runs the block form both ways (the backward layer
+    through go_backwards) without a mask, the small form with one; values
+    equal keras.layers.Bidirectional(keras.layers.LSTM) on the same weights."""
+    import tensorflow as tf
+
+    ours = keras.layers.Bidirectional(keras_gates.LSTM(5, return_sequences=True))
+    theirs = keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=True))
+    for layer in (ours, theirs):
+        layer.build((None, None, 4))
+    rng = np.random.default_rng(6)
+    theirs.set_weights(
+        [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in theirs.weights]
+    )
+    ours.set_weights(theirs.get_weights())
+    x = random((2, 6, 4), 7)
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool) if masked else None
+    feed = {"mask": tf.constant(mask)} if masked else {}
+    got = tf.function(lambda x, **kw: ours(x, **kw))(tf.constant(x), **feed)
+    want = theirs(x, mask=mask)
+    assert forms_ran == (["small", "small"] if masked else ["block", "block"])
+    np.testing.assert_allclose(as_numpy(got), as_numpy(want), rtol=RTOL, atol=ATOL)
+
+
+@needs_tf
+def test_block_form_refuses_float16_so_mixed_precision_falls_back(forms_ran):
+    """Under mixed_float16 the LSTM computes in float16: the block form runs
+    float32 only, so the small form runs it (the oracle within float16's
+    precision)."""
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = make_layer("lstm", 5, 4, return_sequences=True)
+        x = random((1, 6, 4), 8)
+        got = tf.function(layer)(tf.constant(x))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert forms_ran == ["small"]
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    want = reference("lstm", layer, x)[0]
+    np.testing.assert_allclose(as_numpy(got), want, rtol=1e-2, atol=5e-3)
+
+
+@needs_tf
+def test_cudnn_auto_on_cpu_runs_the_block_form(forms_ran, monkeypatch):
+    """use_cudnn="auto" without a GPU: never cuDNN, the package's kernel,
+    which at batch 1 is the block form."""
+    import tensorflow as tf
+
+    from keras_gates import cudnn
+
+    if cudnn.gpu_available():
+        pytest.skip("a GPU is visible: auto takes cuDNN (tests/test_cudnn.py)")
+
+    def no_cudnn(*args, **kwargs):
+        raise AssertionError("cuDNN ran on a CPU-only machine")
+
+    monkeypatch.setattr(cudnn, "sequence", no_cudnn)
+    layer = make_layer("lstm", 5, 4, use_cudnn="auto")
+    x = random((1, 6, 4), 9)
+    got = tf.function(layer)(tf.constant(x))
+    assert forms_ran == ["block"]
+    np.testing.assert_allclose(
+        as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
+    )
+
+
 # -- who runs the loop ------------------------------------------------------ #
 
 
@@ -286,7 +832,9 @@ def test_layers_take_the_compiled_form_under_xla(variant, monkeypatch):
     assert forms == [expected]
     forms.clear()
     tf.function(layer)(tf.constant(x))
-    assert forms == ["small"]
+    # The graph executor's LSTM at batch 1 is the "block" form (one op, no
+    # _scan); the GRU's a loop of its block op (a "block" _scan).
+    assert forms == ([] if variant == "lstm" else ["block"])
 
 
 class _MinimalGatedCell(GatedCell):

@@ -38,20 +38,29 @@ MASKS = {
 GRAD_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, params=["small", "large", "compiled"])
+@pytest.fixture(autouse=True, params=["block", "small", "large", "compiled"])
 def form(request, monkeypatch):
     """The kernels' forms: at inference, "compiled" when XLA compiles the loop
-    (the LSTM's; made to answer so here), else "small" up to
-    `fused_max_batch` and "large" above. Every test runs each form at any
-    batch; training always takes the large form."""
+    (the LSTM's; made to answer so here), else "block" up to
+    `kernels.BLOCK_BATCH_MAX` (the LSTM's) / `GRU_BLOCK_BATCH_MAX` where it
+    applies (the LSTM's: no mask; both: no recurrent dropout, float32; else
+    "small"), "small" up to `fused_max_batch` and `kernels.ABOVE_LADDER`
+    above (the LSTM's "compiled", made "large" here for the large form).
+    Every test runs each form at any batch; training always takes the large
+    form."""
     if request.param == "compiled":
         if request.node.callspec.params.get("variant") == "gru":
             pytest.skip("the GRU has no compiled form (kernels.GRU_FORMS)")
         monkeypatch.setattr(kernels, "compiled", lambda: True)
     else:
-        limit = 10**9 if request.param == "small" else 0
+        limit = 0 if request.param == "large" else 10**9
         for layer_class in (keras_gates.LSTM, keras_gates.GRU):
             monkeypatch.setattr(layer_class, "fused_max_batch", limit)
+    block_limit = 10**9 if request.param == "block" else 0
+    monkeypatch.setattr(kernels, "BLOCK_BATCH_MAX", block_limit)
+    monkeypatch.setattr(kernels, "GRU_BLOCK_BATCH_MAX", block_limit)
+    if request.param == "large":  # above the ladder: this form too
+        monkeypatch.setitem(kernels.ABOVE_LADDER, "lstm", "large")
     return request.param
 
 
@@ -329,9 +338,10 @@ def test_dispatch_by_batch_size(layer_class, form, monkeypatch):
     calls = spy_forms(monkeypatch)
     variant = "lstm" if layer_class is keras_gates.LSTM else "gru"
     layer = make_layer(variant, 5, 4, return_sequences=True)
+    above = kernels.ABOVE_LADDER[variant]
     for batch, training, forms in (
         (1, False, ["small"]),
-        (3, False, ["large"]),
+        (3, False, [above]),
         (1, True, ["large"]),
     ):
         calls.clear()

@@ -451,6 +451,49 @@ def test_jit_compiled_export_serves_the_same_numbers(tmp_path, capsys):
     assert "(XLA-compiled): median" in out
 
 
+def ops_in_export(path: Path) -> set[str]:
+    """Every op in the SavedModel's graph and its function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    found = set()
+    for graph in saved.meta_graphs:
+        found |= {node.op for node in graph.graph_def.node}
+        for function in graph.graph_def.library.function:
+            found |= {node.op for node in function.node_def}
+    return found
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_lstm_export_serves_the_block_form_at_small_batches(tmp_path, jit_compile):
+    """The plain export's serving_default holds the LSTM's block form
+    (BlockLSTMV2, kernels.BLOCK_BATCH_MAX) beside the loop forms, picked by
+    the request's batch; the proofs pass (export verifies) and the C++
+    loader's numbers equal keras.layers.LSTM on the same weights at batch 1,
+    at the block form's largest batch and above it. XLA has no kernel for
+    the op: the compiled export holds none."""
+    from keras_gates import kernels
+
+    model = randomize(
+        keras.Sequential(
+            [keras.Input((None, 3)), keras_gates.LSTM(6, return_sequences=True)]
+        )
+    )
+    theirs = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True)]
+    )
+    theirs.set_weights(model.get_weights())
+    path = export_for_serving(model, tmp_path, "block", jit_compile=jit_compile)
+    assert ("BlockLSTMV2" in ops_in_export(path)) is not jit_compile
+    rng = np.random.default_rng(4)
+    batches = (1, kernels.BLOCK_BATCH_MAX, kernels.BLOCK_BATCH_MAX + 1)
+    xs = [rng.normal(size=(b, 5, 3)).astype("float32") for b in batches]
+    answers = run_signatures(path, [("serving_default", {"inputs": x}) for x in xs])
+    for x, answer in zip(xs, answers, strict=True):
+        np.testing.assert_allclose(answer["outputs"], theirs(x), atol=ATOL)
+
+
 def test_jit_compile_of_a_text_model_is_refused_before_tracing(tmp_path):
     """XLA has no string ops: running such a graph aborts the process."""
     vectorizer = keras.layers.TextVectorization(max_tokens=20)
