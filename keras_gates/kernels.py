@@ -602,25 +602,39 @@ def block_form_refusal(
     another form. It is TensorFlow's graph executor's form: XLA has no kernel
     for the op, and other backends do not have it.
     """
-    if keras.backend.backend() != "tensorflow":
-        return "it is a TensorFlow op (backend " + keras.backend.backend() + ")"
-    if compiled():
-        return "XLA has no kernel for BlockLSTMV2 (use 'compiled' under jit_compile)"
-    if not default_activations:
-        return "it computes sigmoid gates and a tanh state activation only"
-    if not forget_gate:
-        return "it computes the LSTM with a forget gate only"
-    if keras.backend.standardize_dtype(dtype) != "float32":
-        return (
-            f"it runs float32 only (received {keras.backend.standardize_dtype(dtype)})"
-        )
-    if mask is not None:
-        return "it takes no per-step mask"
-    if recurrent_dropout_mask is not None:
-        return "it applies no recurrent dropout mask"
-    if input_dropout_masks is not None:
-        return "it takes one input dropout mask, not one per gate block"
-    return None
+    return _fused_op_refusal(
+        "BlockLSTMV2 (use 'compiled' under jit_compile)",
+        default_activations,
+        "sigmoid gates and a tanh state activation",
+        dtype,
+        recurrent_dropout_mask,
+        input_dropout_masks,
+        own=(
+            (not forget_gate, "it computes the LSTM with a forget gate only"),
+            (mask is not None, "it takes no per-step mask"),
+        ),
+    )
+
+
+def _fused_op_refusal(
+    op, default_activations, activations, dtype, recurrent_dropout_mask,
+    input_dropout_masks, own=(),
+) -> str | None:  # fmt: skip
+    """What keeps a block form's TensorFlow op off this call, or None: the
+    checks both block forms share, then the form's `own` (condition, why)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    checks = (
+        (keras.backend.backend() != "tensorflow",
+         f"it is a TensorFlow op (backend {keras.backend.backend()})"),
+        (compiled(), f"XLA has no kernel for {op}"),
+        (not default_activations, f"it computes {activations} only"),
+        *own,
+        (dtype != "float32", f"it runs float32 only (received {dtype})"),
+        (recurrent_dropout_mask is not None, "it applies no recurrent dropout mask"),
+        (input_dropout_masks is not None,
+         "it takes one input dropout mask, not one per gate block"),
+    )  # fmt: skip
+    return next((why for refused, why in checks if refused), None)
 
 
 def _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep):
@@ -715,21 +729,14 @@ def gru_block_form_refusal(
     own (``_block_gru_op``). XLA has no kernel for it, and other backends do
     not have it.
     """
-    if keras.backend.backend() != "tensorflow":
-        return "it is a TensorFlow op (backend " + keras.backend.backend() + ")"
-    if compiled():
-        return "XLA has no kernel for GRUBlockCell"
-    if not default_activations:
-        return "it computes sigmoid gates and a tanh candidate only"
-    if keras.backend.standardize_dtype(dtype) != "float32":
-        return (
-            f"it runs float32 only (received {keras.backend.standardize_dtype(dtype)})"
-        )
-    if recurrent_dropout_mask is not None:
-        return "it applies no recurrent dropout mask"
-    if input_dropout_masks is not None:
-        return "it takes one input dropout mask, not one per gate block"
-    return None
+    return _fused_op_refusal(
+        "GRUBlockCell",
+        default_activations,
+        "sigmoid gates and a tanh candidate",
+        dtype,
+        recurrent_dropout_mask,
+        input_dropout_masks,
+    )
 
 
 def _block_gru(x, s0, mask, kernel, recurrent_kernel, bias, keep):
