@@ -79,6 +79,29 @@ def snapshot_tree(root: Path) -> dict[str, str]:
     return listing
 
 
+# The suite runs on two workers (pytest-xdist; setup.cfg's addopts give
+# `-n 2 --dist loadfile --no-loadscope-reorder`, and `-n 0` runs it in one
+# process): each test file goes whole to one worker, so a module's shared
+# fixtures (a trained model, an export, the demo run) are built once. The
+# files that take longest (seconds on 2 cores, one worker) go out first, so
+# that neither worker is left with one of them at the end; every other file
+# follows in pytest-randomly's order, and every file's tests in their random
+# order.
+LONGEST_FILES = {
+    "test_multi_worker.py": 160,
+    "test_examples.py": 150,
+    "test_backends.py": 115,
+    "test_serving_proofs.py": 80,
+    "test_demo.py": 70,
+    "test_bench.py": 60,
+}
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: -LONGEST_FILES.get(item.path.name, 0))
+
+
 def as_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 

@@ -33,6 +33,8 @@ def test_parity_suite_passes_under_jax():
             "jax_parity",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",  # one process: this test already runs on one of the suite's workers
             str(TESTS / "test_layers.py"),
             str(TESTS / "test_convert.py"),
             str(TESTS / "test_kernel_functions.py"),

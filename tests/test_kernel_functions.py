@@ -966,11 +966,11 @@ def test_dropout_training_equals_the_builtins(kind, dropout, recurrent_dropout, 
         history = model.fit(x, y, epochs=4, batch_size=4, shuffle=False, verbose=0)
         losses.append(history.history["loss"])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6, atol=1e-6)
-    # Relative too: after 4 epochs at lr 0.5 a weight reaches ~2.6, where float32
-    # reassociation alone differs by ~1.7e-6 (seen in CI); a wrong mask moves
-    # weights by orders of magnitude more.
+    # Float32 rounding, grown over 8 SGD steps at lr 0.5: CI and a loaded run
+    # saw 1.7e-6 on a weight of 2.6 and 2.2e-6 on one of 0.04 (the losses
+    # agree to 1e-6). Masks drawn from another seed: 0.36 (GRU), 0.43 (LSTM).
     for got, want in zip(ours.get_weights(), builtin.get_weights(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # Training moved the weights, and dropout was on (a training pass differs
     # from the inference pass).
     assert not np.allclose(ours.get_weights()[1], initial[1], atol=1e-3)
