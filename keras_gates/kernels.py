@@ -71,8 +71,23 @@ per block, as Keras's own loop (both are bound by the same two products per
 step). The GRU has no compiled form: under XLA its graph forms, chosen by
 batch size as below, measured best.
 
-``form="auto"`` (what the layers pass) picks ``"large"`` for training (also
-under XLA, where it measured as fast as the compiled form), and for
+``"bptt"`` (the LSTM's): training at small batches. The plain step's
+forward loop, keeping every step's gates, with its backward pass written out
+(``_bptt_lstm``): the steps in reverse, each an elementwise chain and one
+product, and the weights' gradients after the loop in one product each,
+instead of TensorFlow's gradient of the loop, which replays every op of every
+step and accumulates the weights' gradients step by step. Where op launches
+are the cost (small batches) it measured faster; at large batches, where the
+products are, TensorFlow's gradient overlaps the weights' products with the
+recurrence and wins (``bptt_form_refusal``: sigmoid gates, tanh, the forget
+gate, float32/64, no recurrent dropout).
+
+``form="auto"`` (what the layers pass) picks for training the LSTM's
+``"bptt"`` up to ``BPTT_BATCH_MAX`` examples where it applies (with a
+dynamic batch both are traced and ``tf.cond`` picks one; under XLA, which
+cannot differentiate that cond, a dynamic batch takes ``"large"``), and
+``"large"`` above it and for the GRU (also under XLA, where it measured as
+fast as the compiled form); for
 inference the LSTM's ``"compiled"`` when the loop is being compiled
 (``compiled()``), else by batch size: ``"block"`` up to ``block_batch_max``
 (``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
@@ -131,10 +146,13 @@ from keras import ops
 __all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
 
 # The forms each kernel has (module docstring); `form="auto"` picks one.
-LSTM_FORMS = ("small", "large", "compiled", "block")
+LSTM_FORMS = ("small", "large", "compiled", "block", "bptt")
 # With `form="auto"`, TensorFlow's graph executor runs the LSTM's "block" form
 # (where it applies, `block_form_refusal`) up to this batch at inference.
 BLOCK_BATCH_MAX = 4
+# With `form="auto"`, training runs the LSTM's "bptt" form (where it applies,
+# `bptt_form_refusal`) up to this batch, and the "large" form above it.
+BPTT_BATCH_MAX = 16
 GRU_FORMS = ("small", "large", "block")
 # With `form="auto"`, inference above the batch-size ladder takes this form:
 # the LSTM's plain step, the GRU's "large" (module docstring).
@@ -238,10 +256,17 @@ def lstm_sequence(
     )
     if form == "block" and refusal is not None:
         raise ValueError(f"`form='block'` does not apply here: {refusal}.")
+    bptt_refusal = bptt_form_refusal(
+        x.dtype, r_mask, default_activations, forget_gate, x_masks
+    )
+    if form == "bptt" and bptt_refusal is not None:
+        raise ValueError(f"`form='bptt'` does not apply here: {bptt_refusal}.")
 
     def run(form):
         if form == "block":
             return _block_lstm(x, h0, s0, kernel, recurrent_kernel, bias, keep)
+        if form == "bptt":
+            return _bptt_lstm(x, h0, s0, mask, kernel, recurrent_kernel, bias, keep)
         dtype = x.dtype
         k, w, b = kernel, recurrent_kernel, bias
         # Small form: tanh(a) = 2 * sigmoid(2 a) - 1, so one sigmoid covers
@@ -315,9 +340,11 @@ def lstm_sequence(
             BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
         )
     above = ABOVE_LADDER["lstm"]
+    train_batch_max = {"bptt": BPTT_BATCH_MAX} if bptt_refusal is None else None
     return _dispatch(
-        run, x, mask, form, LSTM_FORMS, training, batch_max, outputs, above
-    )
+        run, x, mask, form, LSTM_FORMS, training, batch_max, outputs, above,
+        train_batch_max,
+    )  # fmt: skip
 
 
 def gru_sequence(
@@ -521,15 +548,18 @@ def _block_input_terms(x, x_masks, kernel, bias, block_groups, u, hoist):
     return inputs, list
 
 
-def _dispatch(run, x, mask, form, forms, training, batch_max, outputs, above):
+def _dispatch(
+    run, x, mask, form, forms, training, batch_max, outputs, above, train_batch_max=None
+):
     """Run the loop in ``form`` (or the one ``"auto"`` picks), read the outputs.
 
     ``run(form) -> (final states, the first state at every step or None)``;
     ``x`` and ``mask`` are time-major; ``forms`` the kernel's forms;
     ``batch_max`` maps the inference forms chosen by batch size (``"block"``
     where it applies, ``"small"``) to the largest batch each takes; above
-    them the form ``above``. ``outputs`` is ``(return_sequences,
-    zero_output_for_mask)``.
+    them the form ``above``. ``train_batch_max``: the same for training
+    (the LSTM's ``"bptt"`` where it applies), above it ``"large"``.
+    ``outputs`` is ``(return_sequences, zero_output_for_mask)``.
     """
 
     def outputs_of(form):
@@ -544,13 +574,19 @@ def _dispatch(run, x, mask, form, forms, training, batch_max, outputs, above):
             )
         return outputs_of(form)
     if training:
-        return outputs_of("large")
-    if "compiled" in forms and compiled():
+        if not train_batch_max or (x.shape[1] is None and compiled()):
+            # (XLA cannot take the gradient of a cond over these loops.)
+            return outputs_of("large")
+        ladder, above = [(train_batch_max["bptt"], "bptt")], "large"
+    elif "compiled" in forms and compiled():
         return outputs_of("compiled")
-    # (largest batch, form), by batch size: "block" (where it applies), then
-    # "small", then `above` for every batch above.
-    ladder = [(batch_max[f], f) for f in ("block", "small") if f in batch_max]
-    ladder = [step for j, step in enumerate(ladder) if j == 0 or step[0] > ladder[0][0]]
+    else:
+        # (largest batch, form), by batch size: "block" (where it applies),
+        # then "small", then `above` for every batch above.
+        ladder = [(batch_max[f], f) for f in ("block", "small") if f in batch_max]
+        ladder = [
+            step for j, step in enumerate(ladder) if j == 0 or step[0] > ladder[0][0]
+        ]
     batch = x.shape[1]
     if batch is not None:  # known when tracing: choose now
         return outputs_of(next((f for top, f in ladder if batch <= top), above))
@@ -566,12 +602,15 @@ def _dispatch(run, x, mask, form, forms, training, batch_max, outputs, above):
     # executor then skips the untaken forms in one node instead of
     # propagating "dead" through their ~100 ops, which cost the batch-1
     # LSTM 10% (measured 2.55 -> 2.30 ms without the cond, 2.47 with it).
-    branches = [
-        tf.function(
-            branch, autograph=False, experimental_attributes={"_noinline": True}
-        )
-        for branch in branches
-    ]
+    # In training, plain branches: the gradient of a cond over such calls
+    # fails at run time (cond_v2's FakeParam of a branch's intermediates).
+    if not training:
+        branches = [
+            tf.function(
+                branch, autograph=False, experimental_attributes={"_noinline": True}
+            )
+            for branch in branches
+        ]
     size = tf.shape(x)[1]
     if len(branches) == 2:
         return tf.cond(size <= ladder[0][0], *branches)
@@ -709,6 +748,186 @@ def _block_lstm_op(x, cs_prev, h_prev, w, b):
         return (cs, h), grad
 
     return op(x, cs_prev, h_prev, w, b)
+
+
+def bptt_form_refusal(
+    dtype, recurrent_dropout_mask, default_activations, forget_gate,
+    input_dropout_masks=None,
+) -> str | None:  # fmt: skip
+    """Why the LSTM's ``"bptt"`` form cannot run this call, or None.
+
+    The form is the plain step's loop with a backward pass written out
+    (``_bptt_lstm``) instead of TensorFlow's differentiation of the loop:
+    for sigmoid gates, a tanh state activation and the forget gate, in
+    float32 or float64, without a recurrent dropout mask or per-gate-block
+    input masks (one input mask is applied to x before). A per-step mask is
+    kept. TensorFlow only (other backends differentiate their own scan).
+    """
+    dtype = keras.backend.standardize_dtype(dtype)
+    checks = (
+        (keras.backend.backend() != "tensorflow",
+         f"it is TensorFlow's loop (backend {keras.backend.backend()})"),
+        (not default_activations,
+         "its backward pass is written for sigmoid gates and a tanh state activation"),
+        (not forget_gate, "its backward pass is written for the forget gate"),
+        (dtype not in ("float32", "float64"),
+         f"it runs float32 and float64 only (received {dtype})"),
+        (recurrent_dropout_mask is not None, "it applies no recurrent dropout mask"),
+        (input_dropout_masks is not None,
+         "it takes one input dropout mask, not one per gate block"),
+    )  # fmt: skip
+    return next((why for refused, why in checks if refused), None)
+
+
+def _bptt_lstm(x, h0, s0, mask, kernel, recurrent_kernel, bias, keep):
+    """The ``"bptt"`` form: the LSTM's plain loop with its gradient written out.
+
+    Forward: U x_t + b for every step before the loop (one product), then per
+    step a_t = W h_{t-1} + (U x_t + b), the four blocks' activations, s_t and
+    h_t; the loop keeps h_t and s_t of every step. Backward, instead of
+    TensorFlow's gradient of the loop (which keeps and replays every op of
+    every step, and accumulates the weights' gradients step by step): every
+    step's gates computed again from the kept states at once (two large
+    products), then the steps in reverse, each an elementwise chain and one
+    product (the pre-activation gradient times W^T), and after the loop the
+    weights' and the inputs' gradients in one product each:
+
+        dh_t = dL/dh_t + da_{t+1} W^T
+        ds_t = ds_{t+1} f_{t+1} + dh_t o_t (1 - tanh^2 s_t)
+        da_t = [ds_t s~_t i_t (1 - i_t) | ds_t s_{t-1} f_t (1 - f_t)
+                | ds_t i_t (1 - s~_t^2) | dh_t tanh(s_t) o_t (1 - o_t)]
+        dU = sum_t x_t^T da_t,  dW = sum_t h_{t-1}^T da_t,  db = sum_t da_t,
+        dx_t = da_t U^T
+
+    A masked step keeps the state, so it passes dh_t and ds_t on to the step
+    before it unchanged. Returns ``(final states, h at every step or None)``
+    as ``_scan``.
+    """
+    import tensorflow as tf
+
+    dtype = x.dtype
+    u = recurrent_kernel.shape[0]
+    features = kernel.shape[0]
+    b = tf.zeros((4 * u,), dtype) if bias is None else tf.convert_to_tensor(bias)
+
+    def loop(x, h0, s0, k, w, b):
+        """(h_T, s_T), (h_t, s_t at every step): the forward loop, the plain
+        step's (x_t projected inside the step, off the recurrence)."""
+        length = tf.shape(x)[0]
+        x_ta = tf.TensorArray(dtype, size=length, element_shape=x.shape[1:])
+        x_ta = x_ta.unstack(x)
+        if mask is not None:
+            mask_ta = tf.TensorArray(tf.bool, size=length, element_shape=mask.shape[1:])
+            mask_ta = mask_ta.unstack(mask)
+
+        def body(t, h_tm1, s_tm1, h_ta, s_ta, g_ta):
+            a = tf.matmul(x_ta.read(t), k) + b + tf.matmul(h_tm1, w)
+            a_i, a_f, a_c, a_o = tf.split(a, 4, axis=-1)
+            i_t, f_t, o_t = tf.sigmoid(a_i), tf.sigmoid(a_f), tf.sigmoid(a_o)
+            c_t = tf.tanh(a_c)
+            s_t = f_t * s_tm1 + i_t * c_t
+            tanh_s_t = tf.tanh(s_t)
+            h_t = o_t * tanh_s_t
+            g_ta = g_ta.write(t, tf.concat([i_t, f_t, c_t, o_t, tanh_s_t], axis=-1))
+            if mask is not None:
+                read_t = mask_ta.read(t)[:, None]
+                h_t = tf.where(read_t, h_t, h_tm1)
+                s_t = tf.where(read_t, s_t, s_tm1)
+            return t + 1, h_t, s_t, h_ta.write(t, h_t), s_ta.write(t, s_t), g_ta
+
+        tas = [
+            tf.TensorArray(dtype, size=length, element_shape=shape)
+            for shape in (h0.shape, h0.shape, (h0.shape[0], 5 * u))
+        ]
+        _, h_t, s_t, *tas = tf.while_loop(
+            lambda *_: True,
+            body,
+            (0, h0, s0, *tas),
+            maximum_iterations=length,
+            parallel_iterations=32,
+        )
+        sequences = [ta.stack() for ta in tas]
+        for sequence in sequences:
+            sequence.set_shape((x.shape[0], *sequence.shape[1:]))
+        return (h_t, s_t), sequences
+
+    @tf.custom_gradient
+    def op(x, h0, s0, k, w, b):
+        length = tf.shape(x)[0]
+        batch = tf.shape(x)[1]
+        (h_t, s_t), (h_seq, s_seq, g_seq) = loop(x, h0, s0, k, w, b)
+
+        def grad(d_h_final, d_s_final, d_h_seq=None):
+            x_flat = tf.reshape(x, (-1, features))
+            h_prev = tf.concat([h0[None], h_seq[:-1]], axis=0)
+            s_prev = tf.concat([s0[None], s_seq[:-1]], axis=0)
+            h_prev_flat = tf.reshape(h_prev, (-1, u))
+            # the gates and tanh(s_t) of every step, as the forward loop
+            # computed them (before a masked step's `where`)
+            i, f, c, o, tanh_s = tf.split(g_seq, 5, axis=-1)
+            # per step: ds_t += dh_t to_s; da_{i,f,c} = ds_t to_ifc; da_o = dh_t to_o
+            to_s = o * (1.0 - tf.square(tanh_s))
+            to_o = tanh_s * o * (1.0 - o)
+            to_ifc = tf.concat(
+                [c * i * (1.0 - i), s_prev * f * (1.0 - f), i * (1.0 - tf.square(c))],
+                axis=-1,
+            )
+            d_seq = tf.zeros_like(h_seq) if d_h_seq is None else d_h_seq
+            steps = [d_seq, to_s, to_o, to_ifc, f]
+            if mask is not None:
+                steps.append(tf.cast(mask, dtype)[:, :, None])
+            tas = [
+                tf.TensorArray(dtype, size=length, element_shape=t.shape[1:]).unstack(t)
+                for t in steps
+            ]
+            w_t = tf.transpose(w)
+
+            def body(k, d_h, d_s, d_a_ta):
+                t = length - 1 - k
+                d_out_t, to_s_t, to_o_t, to_ifc_t, f_t, *m_t = (
+                    ta.read(t) for ta in tas
+                )
+                d_h = d_h + d_out_t
+                if m_t:  # a masked step passes both gradients on unchanged
+                    keep_h, keep_s = d_h * (1.0 - m_t[0]), d_s * (1.0 - m_t[0])
+                    d_h, d_s = d_h * m_t[0], d_s * m_t[0]
+                d_s = d_s + d_h * to_s_t
+                d_a = tf.concat(
+                    [tf.tile(d_s, (1, 3)) * to_ifc_t, d_h * to_o_t], axis=-1
+                )
+                d_h_prev = tf.matmul(d_a, w_t)
+                d_s_prev = d_s * f_t
+                if m_t:
+                    d_h_prev, d_s_prev = d_h_prev + keep_h, d_s_prev + keep_s
+                return k + 1, d_h_prev, d_s_prev, d_a_ta.write(t, d_a)
+
+            d_a_ta = tf.TensorArray(
+                dtype, size=length, element_shape=(h0.shape[0], 4 * u)
+            )
+            zeros = tf.zeros_like(h0)
+            _, d_h0, d_s0, d_a_ta = tf.while_loop(
+                lambda *_: True,
+                body,
+                (0, zeros if d_h_final is None else d_h_final,
+                 zeros if d_s_final is None else d_s_final, d_a_ta),
+                maximum_iterations=length,
+            )  # fmt: skip
+            d_a = tf.reshape(d_a_ta.stack(), (-1, 4 * u))
+            d_x = tf.reshape(
+                tf.matmul(d_a, k, transpose_b=True), (length, batch, features)
+            )
+            d_k = tf.matmul(x_flat, d_a, transpose_a=True)
+            d_w = tf.matmul(h_prev_flat, d_a, transpose_a=True)
+            d_b = tf.reduce_sum(d_a, axis=0)
+            return d_x, d_h0, d_s0, d_k, d_w, d_b
+
+        return (h_t, s_t, h_seq), grad
+
+    h_t, s_t, h_seq = op(
+        x, tf.cast(h0, dtype), tf.cast(s0, dtype), tf.convert_to_tensor(kernel),
+        tf.convert_to_tensor(recurrent_kernel), b,
+    )  # fmt: skip
+    return (h_t, s_t), (h_seq if keep else None)
 
 
 def gru_block_form_refusal(

@@ -31,12 +31,13 @@ from keras_gates.base import GatedCell, GatedRNN
 BACKEND = keras.backend.backend()
 GRAD_ATOL = 1e-4
 # The loop forms, which take every option; the "block" forms (TensorFlow's
-# fused ops) take fewer and have their own tests below.
+# fused ops) and the LSTM's "bptt" form take fewer and have their own tests
+# below.
 VARIANT_FORMS = [
     (variant, form)
     for variant in ("lstm", "lstm_no_forget", "gru")
     for form in (kernels.GRU_FORMS if variant == "gru" else kernels.LSTM_FORMS)
-    if form != "block"
+    if form not in ("block", "bptt")
 ]
 GAPS = [[1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 0]]
 LEFT_PADDING = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]]
@@ -159,7 +160,9 @@ def gradients(fn, args):
 def weighted_sum(outputs):
     """A loss in which every output element has its own weight."""
     size = int(np.prod(outputs.shape))
-    weights = ops.reshape(ops.linspace(-1.0, 1.0, size), outputs.shape)
+    weights = ops.reshape(
+        ops.linspace(-1.0, 1.0, size, dtype=outputs.dtype), outputs.shape
+    )
     return ops.sum(outputs * weights)
 
 
@@ -573,16 +576,22 @@ def forms_ran(monkeypatch):
     the one op, else the loop form `_scan` runs."""
     ran = []
     original_block, original_scan = kernels._block_lstm, kernels._scan
+    original_bptt = kernels._bptt_lstm
 
     def block_spy(*args):
         ran.append("block")
         return original_block(*args)
+
+    def bptt_spy(*args):
+        ran.append("bptt")
+        return original_bptt(*args)
 
     def scan_spy(step, init, inputs, mask, keep, form, training):
         ran.append(form)
         return original_scan(step, init, inputs, mask, keep, form, training)
 
     monkeypatch.setattr(kernels, "_block_lstm", block_spy)
+    monkeypatch.setattr(kernels, "_bptt_lstm", bptt_spy)
     monkeypatch.setattr(kernels, "_scan", scan_spy)
     return ran
 
@@ -778,6 +787,189 @@ def test_cudnn_auto_on_cpu_runs_the_block_form(forms_ran, monkeypatch):
     np.testing.assert_allclose(
         as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
     )
+
+
+# -- the LSTM's "bptt" form (the loop with its backward pass written out) --- #
+
+BPTT_CASES = sorted(case for case in CASES if "dropout" not in case)
+
+
+@needs_tf
+@pytest.mark.parametrize("case", BPTT_CASES)
+def test_bptt_form_equals_oracle(case):
+    """Outputs and final states against the NumPy oracle: masks (gaps, left
+    padding), go_backwards, initial states, zero_output_for_mask."""
+    test_kernel_equals_oracle("lstm", "bptt", case)
+
+
+@needs_tf
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "jit"])
+def test_bptt_form_gradients_equal_keras_loop_over_call(compiled):
+    """Values and gradients of the inputs and every weight, masked, eagerly
+    and under XLA, against Keras's loop over the cell's `call`."""
+    test_kernel_gradients_equal_keras_loop_over_call("lstm", "bptt", compiled)
+
+
+@needs_tf
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"return_sequences": True},
+        {"return_sequences": False, "go_backwards": True},
+        {"return_sequences": True, "mask": GAPS, "go_backwards": True},
+        {"return_sequences": False, "mask": LEFT_PADDING, "zero_output_for_mask": True},
+        {"return_sequences": True, "input_dropout_mask": True, "no_bias": True},
+    ],
+    ids=["sequences", "last_backwards", "gaps_backwards", "left_padding_last",
+         "input_dropout_no_bias"],
+)  # fmt: skip
+def test_bptt_form_gradients_equal_the_large_form(options, graph):
+    """Every gradient, the initial states' too, of a loss on the outputs and
+    both final states (return_state), in float64 (the two differ only by
+    rounding) and float32, against TensorFlow's own gradient of the large
+    form's loop."""
+    import tensorflow as tf
+
+    options = dict(options)
+    no_bias = options.pop("no_bias", False)
+    if "mask" in options:
+        options["mask"] = np.array(options["mask"], bool)
+    if options.pop("input_dropout_mask", False):
+        options["input_dropout_mask"] = (random((3, 4), 5) > 0) * 2.0
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    for dtype, atol in (("float64", 1e-12), ("float32", GRAD_ATOL)):
+        args = [random((3, 6, 4), 12), *weights, random((3, 5), 31), random((3, 5), 32)]
+        args = [tf.constant(a.astype(dtype)) for a in args]
+        if no_bias:
+            del args[3]
+        kw = dict(options)
+        if "input_dropout_mask" in kw:
+            kw["input_dropout_mask"] = kw["input_dropout_mask"].astype(dtype)
+        got = lstm_loss_gradients("bptt", args, kw, no_bias, graph)
+        want = lstm_loss_gradients("large", args, kw, no_bias, graph)
+        assert len(got) == len(args)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=atol)
+
+
+def lstm_loss_gradients(form, args, options, no_bias, graph):
+    """Gradients of a loss on every output of lstm_sequence in `form`."""
+    import tensorflow as tf
+
+    def loss(x, kernel, recurrent_kernel, *rest):
+        bias, h0, s0 = (None, *rest) if no_bias else rest
+        kw = dict(options)
+        last, outputs, (h_t, s_t) = kernels.lstm_sequence(
+            x, h0, s0, kw.pop("mask", None), kernel, recurrent_kernel, bias,
+            form=form, training=True, **kw,
+        )  # fmt: skip
+        return (
+            weighted_sum(outputs) + ops.sum(ops.sin(h_t))
+            + ops.sum(s_t * s_t) + ops.sum(last)
+        )  # fmt: skip
+
+    if graph:
+        return tf.function(lambda *a: gradients(loss, a))(*args)
+    return gradients(loss, args)
+
+
+@needs_tf
+@pytest.mark.parametrize(
+    "why,options,match",
+    [
+        ("recurrent_dropout", {"recurrent_dropout_mask": np.ones((2, 5), "float32")},
+         "recurrent dropout"),
+        ("no_forget_gate", {"forget_gate": False}, "forget gate"),
+        ("activation", {"activation": keras.activations.relu}, "sigmoid gates"),
+        ("float16", {"dtype": "float16"}, "float32 and float64 only"),
+        ("input_dropout_per_block",
+         {"input_dropout_mask": [np.ones((2, 4), "float32")] * 4},
+         "one input dropout mask"),
+    ],
+)  # fmt: skip
+def test_bptt_form_refuses_what_it_does_not_compute(why, options, match):
+    options = dict(options)
+    dtype = options.pop("dtype", "float32")
+    n = 3 if options.get("forget_gate") is False else 4
+    x = ops.convert_to_tensor(random((2, 3, 4), 0).astype(dtype))
+    zeros = ops.zeros((2, 5), dtype)
+    weights = [
+        ops.convert_to_tensor(random(shape, 1).astype(dtype))
+        for shape in ((4, n * 5), (5, n * 5), (n * 5,))
+    ]
+    with pytest.raises(ValueError, match=rf"`form='bptt'` does not apply.*{match}"):
+        kernels.lstm_sequence(x, zeros, zeros, None, *weights, form="bptt", **options)
+
+
+@needs_tf
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_fit_takes_the_bptt_form_and_equals_the_builtin(jit_compile, forms_ran):
+    """model.fit through a Masking layer into a backwards LSTM with
+    return_sequences, 10 examples in batches of 4 (the last one of 2, which
+    Keras traces again with a dynamic batch: both training forms in the
+    graph): the "bptt" form trains it (up to BPTT_BATCH_MAX), with the
+    losses and weights of keras.layers.LSTM on the same weights and data.
+    Under XLA, fit traces a dynamic batch, where the large form trains (XLA
+    cannot differentiate a cond over the two loops)."""
+
+    def model(layer):
+        return keras.Sequential(
+            [keras.Input((6, 3)), keras.layers.Masking(0.0), layer,
+             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)]
+        )  # fmt: skip
+
+    options = {"return_sequences": True, "go_backwards": True}
+    keras.utils.set_random_seed(3)
+    ours = model(keras_gates.LSTM(5, **options))
+    builtin = model(keras.layers.LSTM(5, **options))
+    builtin.set_weights(ours.get_weights())
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(10, 6, 3)).astype("float32")
+    for row, length in enumerate([6, 4, 2, 5, 6, 3, 1, 6, 4, 5]):
+        x[row, length:] = 0.0  # padding the Masking layer turns into a mask
+    y = rng.normal(size=(10, 1)).astype("float32")
+    losses = []
+    for m in (ours, builtin):
+        m.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit_compile)
+        history = m.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0)
+        losses.append(history.history["loss"])
+    assert set(forms_ran) == ({"large"} if jit_compile else {"bptt", "large"})
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for got, want in zip(ours.get_weights(), builtin.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_tf
+def test_training_where_bptt_does_not_apply_takes_the_large_form(forms_ran):
+    """Recurrent dropout, the variant without a forget gate, and batches
+    above BPTT_BATCH_MAX train through the large form."""
+    import tensorflow as tf
+
+    def train_step(layer, batch):
+        x = tf.constant(random((batch, 4, 3), 5))
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(x, training=True))
+            return tape.gradient(loss, layer.trainable_variables)
+
+        step(x)
+
+    for layer, batch in (
+        (keras_gates.LSTM(5, recurrent_dropout=0.2), 2),
+        (keras_gates.LSTM(5, forget_gate=False), 2),
+        (keras_gates.LSTM(5), kernels.BPTT_BATCH_MAX + 1),
+    ):
+        forms_ran.clear()
+        train_step(layer, batch)
+        assert set(forms_ran) == {"large"}
+    forms_ran.clear()
+    train_step(keras_gates.LSTM(5), kernels.BPTT_BATCH_MAX)
+    assert set(forms_ran) == {"bptt"}
 
 
 # -- who runs the loop ------------------------------------------------------ #

@@ -67,13 +67,18 @@ def form(request, monkeypatch):
 def spy_forms(monkeypatch) -> list:
     """The form of every loop the kernels build from now on."""
     forms = []
-    original = kernels._scan
+    original, original_bptt = kernels._scan, kernels._bptt_lstm
 
     def spy(step, init, inputs, mask, keep, form, training):
         forms.append(form)
         return original(step, init, inputs, mask, keep, form, training)
 
+    def bptt_spy(*args):  # the LSTM's "bptt" form runs its own loop
+        forms.append("bptt")
+        return original_bptt(*args)
+
     monkeypatch.setattr(kernels, "_scan", spy)
+    monkeypatch.setattr(kernels, "_bptt_lstm", bptt_spy)
     return forms
 
 
@@ -331,7 +336,8 @@ def test_fast_path_exports_core_ops_only(variant, tmp_path):
 def test_dispatch_by_batch_size(layer_class, form, monkeypatch):
     """Static batch: the form is chosen when tracing; dynamic batch (a serving
     signature): both forms in the graph, `ops.cond` picks; training: the
-    large-batch form; every route equals the oracle."""
+    LSTM's "bptt" form up to its batch (TensorFlow), else the large form;
+    every route equals the oracle."""
     if form != "small":
         pytest.skip("the dispatch itself is under test: once is enough")
     monkeypatch.setattr(layer_class, "fused_max_batch", 2)
@@ -339,10 +345,12 @@ def test_dispatch_by_batch_size(layer_class, form, monkeypatch):
     variant = "lstm" if layer_class is keras_gates.LSTM else "gru"
     layer = make_layer(variant, 5, 4, return_sequences=True)
     above = kernels.ABOVE_LADDER[variant]
+    bptt = variant == "lstm" and keras.backend.backend() == "tensorflow"
     for batch, training, forms in (
         (1, False, ["small"]),
         (3, False, [above]),
-        (1, True, ["large"]),
+        (1, True, ["bptt" if bptt else "large"]),
+        (kernels.BPTT_BATCH_MAX + 1, True, ["large"]),
     ):
         calls.clear()
         x = random_inputs(batch, 6, 4)
