@@ -88,7 +88,7 @@ def snapshot_tree(root: Path) -> dict[str, str]:
 # follows in pytest-randomly's order, and every file's tests in their random
 # order.
 LONGEST_FILES = {
-    "test_multi_worker.py": 160,
+    "test_multi_worker.py": 110,
     "test_examples.py": 150,
     "test_backends.py": 115,
     "test_serving_proofs.py": 80,

@@ -184,28 +184,37 @@ def backend(request):
 @pytest.fixture(scope="module")
 def dropout_run(backend, tmp_path_factory):
     """Two workers with dropout, uninterrupted: the run the others must match;
-    alongside it, one process on one device (and, with TensorFlow, on two)."""
+    alongside it, one process on one device and one on two."""
     folder = tmp_path_factory.mktemp(f"{backend}_dropout")
-    alongside = [(folder / "one_device", ("--dropout", DROPOUT), 1)]
-    if backend == "tensorflow":
-        alongside.append((folder / "two_devices", ("--dropout", DROPOUT), 2))
+    alongside = [
+        (folder / "one_device", ("--dropout", DROPOUT), 1),
+        (folder / "two_devices", ("--dropout", DROPOUT), 2),
+    ]
     outputs = two_workers(backend, folder, "--dropout", DROPOUT, alongside=alongside)
     return folder, outputs
 
 
-def test_two_workers_train_to_the_weights_of_one_process(backend, tmp_path):
-    # One process on the same global batches: on two CPU devices (the same
-    # sums), and on one device with plain model.fit (rounding apart).
-    two, one = tmp_path / "two_devices", tmp_path / "one_device"
-    outputs = two_workers(
-        backend, tmp_path / "workers", alongside=[(two, (), 2), (one, (), 1)]
-    )
+def assert_workers_agree(folder, outputs):
+    """The chief is worker 0; both workers end with the same weights and losses."""
     assert "chief: True" in outputs[0] and "chief: False" in outputs[1]
-    worker0, worker1 = (tmp_path / "workers" / f"worker{i}.npz" for i in range(2))
+    worker0, worker1 = (folder / f"worker{i}.npz" for i in range(2))
     assert_bitwise_equal(worker0, worker1)
     np.testing.assert_array_equal(losses(worker0), losses(worker1))
     assert len(losses(worker0)) == EPOCHS
 
+
+@pytest.mark.parametrize("recipe", ["tensorflow"])
+def test_two_workers_train_to_the_weights_of_one_process(recipe, tmp_path):
+    """Without dropout, one process on the same global batches: on two CPU
+    devices (the same sums), and on one device with plain model.fit
+    (rounding apart). (JAX's workers draw the one-device run's masks, so its
+    dropout run, test_dropout_masks_are_those_of_one_process, proves both.)"""
+    two, one = tmp_path / "two_devices", tmp_path / "one_device"
+    outputs = two_workers(
+        recipe, tmp_path / "workers", alongside=[(two, (), 2), (one, (), 1)]
+    )
+    assert_workers_agree(tmp_path / "workers", outputs)
+    worker0 = tmp_path / "workers" / "worker0.npz"
     assert_bitwise_equal(worker0, two / "devices2.npz")
     one = one / "devices1.npz"
     assert largest_difference(worker0, one) < ONE_DEVICE_ATOL
@@ -215,22 +224,25 @@ def test_two_workers_train_to_the_weights_of_one_process(backend, tmp_path):
 def test_dropout_masks_are_those_of_one_process(backend, dropout_run):
     """(That a rerun draws the same masks, bit for bit, is proven by the killed
     worker's test: its resumed weights are the uninterrupted run's.)"""
-    first, _ = dropout_run
-    difference = largest_difference(
-        first / "worker0.npz", first / "one_device" / "devices1.npz"
-    )
+    first, outputs = dropout_run
+    assert_workers_agree(first, outputs)
+    one = first / "one_device" / "devices1.npz"
+    difference = largest_difference(first / "worker0.npz", one)
     if backend == "jax":
         # The SPMD program draws one mask for the global batch (jax's
-        # partitionable threefry): the one-device run's mask.
+        # partitionable threefry): the one-device run's mask, so the weights
+        # of plain model.fit on one device (rounding apart).
         assert difference < ONE_DEVICE_ATOL
+        np.testing.assert_allclose(
+            losses(first / "worker0.npz"), losses(one), atol=ONE_DEVICE_ATOL
+        )
     else:
         # Each replica draws the mask of its share from the same seed state:
         # not the one-device masks, but the masks of one process with two
         # replicas (MirroredStrategy), bit for bit.
         assert difference > 1e-3
-        assert_bitwise_equal(
-            first / "worker0.npz", first / "two_devices" / "devices2.npz"
-        )
+    # Both recipes: one process on two devices, bit for bit.
+    assert_bitwise_equal(first / "worker0.npz", first / "two_devices" / "devices2.npz")
 
 
 def test_killed_worker_resumes_to_the_uninterrupted_weights(
