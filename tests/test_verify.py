@@ -194,6 +194,10 @@ def test_py_function_is_rejected(tmp_path, capsys):
     assert cli.main(["verify", str(path)]) == 1
     out = capsys.readouterr().out
     assert "EagerPyFunc needs the Python interpreter" in out
+    # The op check stops the runs: running EagerPyFunc in a process without
+    # Python can abort it (absl mutex check) and lose the report.
+    assert "not run: the graph holds ops a C++ server cannot run" in out
+    assert "the C++ loader process ran to completion" not in out
 
 
 def test_verify_refuses_a_folder_without_saved_model(tmp_path, capsys):
