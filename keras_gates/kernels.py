@@ -71,6 +71,15 @@ per block, as Keras's own loop (both are bound by the same two products per
 step). The GRU has no compiled form: under XLA its graph forms, chosen by
 batch size as below, measured best.
 
+``"unrolled"`` (the LSTM's): TensorFlow's graph executor, middle batches,
+inference: the plain step (as ``"compiled"``), ``UNROLLED_STEPS`` steps per
+loop iteration and the last ``time % UNROLLED_STEPS`` steps one per iteration
+in a second loop: the loop's own ops (its counter, the TensorArray reads and
+writes' bookkeeping, the frame's control nodes) run once per several steps.
+Under XLA, which has no such per-iteration cost and cannot differentiate a
+loop that may run no iteration, it runs one step per iteration unless the
+length is known when tracing; under JAX it is ``scan``'s ``unroll``.
+
 ``"bptt"`` (the LSTM's): training at small batches. The plain step's
 forward loop, keeping every step's gates, with its backward pass written out
 (``_bptt_lstm``): the steps in reverse, each an elementwise chain and one
@@ -93,7 +102,8 @@ inference the LSTM's ``"compiled"`` when the loop is being compiled
 (``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
 ``"small"`` up to ``small_batch_max`` (the layer's ``fused_max_batch``;
 where the block form applies and takes as many, it takes the small one's
-batches), and above them the LSTM's ``"compiled"`` (the plain step: in the
+batches), the LSTM's ``"unrolled"`` up to ``UNROLLED_BATCH_MAX``, and above
+them the LSTM's ``"compiled"`` (the plain step: in the
 graph executor at these batches its two products per step, run by 32
 parallel iterations, measured faster than the split ones of ``"large"``),
 the GRU's ``"large"`` (with a dynamic batch, as in a serving signature,
@@ -146,13 +156,18 @@ from keras import ops
 __all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
 
 # The forms each kernel has (module docstring); `form="auto"` picks one.
-LSTM_FORMS = ("small", "large", "compiled", "block", "bptt")
+LSTM_FORMS = ("small", "large", "compiled", "block", "bptt", "unrolled")
 # With `form="auto"`, TensorFlow's graph executor runs the LSTM's "block" form
 # (where it applies, `block_form_refusal`) up to this batch at inference.
 BLOCK_BATCH_MAX = 4
 # With `form="auto"`, training runs the LSTM's "bptt" form (where it applies,
 # `bptt_form_refusal`) up to this batch, and the "large" form above it.
 BPTT_BATCH_MAX = 16
+# With `form="auto"`, TensorFlow's graph executor runs the LSTM's "unrolled"
+# form up to this batch at inference, above the "block" and "small" forms'.
+UNROLLED_BATCH_MAX = 48
+# The "unrolled" form's steps per loop iteration.
+UNROLLED_STEPS = 10
 GRU_FORMS = ("small", "large", "block")
 # With `form="auto"`, inference above the batch-size ladder takes this form:
 # the LSTM's plain step, the GRU's "large" (module docstring).
@@ -339,6 +354,7 @@ def lstm_sequence(
         batch_max["block"] = (
             BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
         )
+    batch_max["unrolled"] = UNROLLED_BATCH_MAX
     above = ABOVE_LADDER["lstm"]
     train_batch_max = {"bptt": BPTT_BATCH_MAX} if bptt_refusal is None else None
     return _dispatch(
@@ -582,11 +598,12 @@ def _dispatch(
         return outputs_of("compiled")
     else:
         # (largest batch, form), by batch size: "block" (where it applies),
-        # then "small", then `above` for every batch above.
-        ladder = [(batch_max[f], f) for f in ("block", "small") if f in batch_max]
-        ladder = [
-            step for j, step in enumerate(ladder) if j == 0 or step[0] > ladder[0][0]
-        ]
+        # then "small", then the LSTM's "unrolled", then `above` for every
+        # batch above; a form whose batches an earlier one takes drops out.
+        ladder = []
+        for f in ("block", "small", "unrolled"):
+            if f in batch_max and (not ladder or batch_max[f] > ladder[-1][0]):
+                ladder.append((batch_max[f], f))
     batch = x.shape[1]
     if batch is not None:  # known when tracing: choose now
         return outputs_of(next((f for top, f in ladder if batch <= top), above))
@@ -1161,7 +1178,8 @@ def _scan(step, init, inputs, mask, keep_sequence, form, training):
     """
     if keras.backend.backend() == "tensorflow":
         return _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training)
-    return _scan_ops(step, init, inputs, mask, keep_sequence)
+    unroll = UNROLLED_STEPS if form == "unrolled" else 1
+    return _scan_ops(step, init, inputs, mask, keep_sequence, unroll)
 
 
 def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
@@ -1190,13 +1208,21 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
             tf.bool, size=length, element_shape=mask.shape[1:]
         ).unstack(mask)
 
-    def body(t, *loop_vars):
-        carry = loop_vars[-len(init) :]
-        mask_t = None if mask_ta is None else mask_ta.read(t)
-        new_carry = tuple(step(carry, [ta.read(t) for ta in inputs_ta], mask_t))
-        if keep_sequence:
-            return (t + 1, loop_vars[0].write(t, new_carry[0]), *new_carry)
-        return (t + 1, *new_carry)
+    def steps(k):
+        def body(t, *loop_vars):
+            sequence_ta, carry = loop_vars[0], loop_vars[-len(init) :]
+            for j in range(k):
+                mask_t = None if mask_ta is None else mask_ta.read(t + j)
+                carry = tuple(
+                    step(carry, [ta.read(t + j) for ta in inputs_ta], mask_t)
+                )
+                if keep_sequence:
+                    sequence_ta = sequence_ta.write(t + j, carry[0])
+            if keep_sequence:
+                return (t + k, sequence_ta, *carry)
+            return (t + k, *carry)
+
+        return body
 
     loop_vars = (tf.constant(0, "int32"), *init)
     if keep_sequence:
@@ -1204,14 +1230,25 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
             init[0].dtype, size=length, element_shape=init[0].shape
         )
         loop_vars = (loop_vars[0], outputs_ta, *init)
-    result = tf.while_loop(
-        lambda *_: True,
-        body,
-        loop_vars,
-        maximum_iterations=length,
-        parallel_iterations=1 if form in ("small", "block") else 32,
-        swap_memory=training,
-    )
+    k = UNROLLED_STEPS if form == "unrolled" else 1
+
+    def loop(k, trips, loop_vars):
+        return tf.while_loop(
+            lambda *_: True,
+            steps(k),
+            loop_vars,
+            maximum_iterations=trips,
+            parallel_iterations=1 if form in ("small", "block") else 32,
+            swap_memory=training,
+        )
+
+    if k > 1 and static_length is None and compiled():
+        k = 1  # XLA cannot differentiate a loop that may run no iteration
+    result = loop_vars
+    if k == 1 or static_length is None or static_length >= k:
+        result = loop(k, length // k, tuple(result))
+    if k > 1 and (static_length is None or static_length % k):
+        result = loop(1, length % k, tuple(result))  # the last steps, one each
     carry = tuple(result[-len(init) :])
     if not keep_sequence:
         return carry, None
@@ -1220,7 +1257,7 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
     return carry, sequence
 
 
-def _scan_ops(step, init, inputs, mask, keep_sequence):
+def _scan_ops(step, init, inputs, mask, keep_sequence, unroll=1):
     """The other backends: ``keras.ops.scan`` (``jax.lax.scan`` in JAX).
 
     The inputs and the mask (1.0 = keep) ride along as one tensor: Keras's
@@ -1242,5 +1279,7 @@ def _scan_ops(step, init, inputs, mask, keep_sequence):
         return new_carry, new_carry[0]
 
     length = packed.shape[0] if isinstance(packed.shape[0], int) else None
-    carry, sequence = ops.scan(scan_step, tuple(init), packed, length=length)
+    carry, sequence = ops.scan(
+        scan_step, tuple(init), packed, length=length, unroll=unroll
+    )
     return carry, (sequence if keep_sequence else None)

@@ -606,14 +606,18 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
     ran = forms_ran
     layer = make_layer("lstm", 5, 4)
     small_max = layer.fused_max_batch
-    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "compiled"
+    above_block = "small" if small_max > kernels.BLOCK_BATCH_MAX else "unrolled"
+    top = kernels.UNROLLED_BATCH_MAX
     for batch, masked, form in [
         (1, False, "block"),
         (kernels.BLOCK_BATCH_MAX, False, "block"),
         (1, True, "small"),
         (kernels.BLOCK_BATCH_MAX + 1, False, above_block),
-        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "compiled"),
-        (small_max + 1, True, "compiled"),
+        (max(small_max, kernels.BLOCK_BATCH_MAX) + 1, False, "unrolled"),
+        (small_max + 1, True, "unrolled"),
+        (top, True, "unrolled"),
+        (top + 1, False, "compiled"),
+        (top + 1, True, "compiled"),
     ]:  # fmt: skip
         ran.clear()
         x = random((batch, 6, 4), batch)
@@ -630,13 +634,76 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
     dynamic = tf.function(
         layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
     )
-    for batch in (1, kernels.BLOCK_BATCH_MAX + 1, 40):
+    for batch in (1, kernels.BLOCK_BATCH_MAX + 1, top + 1):
         x = random((batch, 6, 4), batch)
         got = dynamic(tf.constant(x))
         np.testing.assert_allclose(
             as_numpy(got), reference("lstm", layer, x)[1], rtol=RTOL, atol=ATOL
         )
-    assert "block" in ran and "compiled" in ran  # every form traced once
+    assert {"block", "unrolled", "compiled"} <= set(ran)  # every form traced
+
+
+STEPS = kernels.UNROLLED_STEPS
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "dynamic_shape"])
+@pytest.mark.parametrize("time", [1, STEPS - 1, STEPS, STEPS + 1, 2 * STEPS + 3])
+def test_unrolled_form_at_lengths_around_its_steps(time, graph):
+    """The "unrolled" form runs UNROLLED_STEPS steps per loop iteration and
+    the rest one each: at every length around that count, with a mask,
+    go_backwards, an initial state and a stacked sequence, its values equal
+    the oracle and its gradients (inputs, weights, initial states) equal the
+    plain step's one-step loop ("compiled"); also traced with no static batch
+    or length (TensorFlow: the trip counts are computed at run time)."""
+    if graph and BACKEND != "tensorflow":
+        pytest.skip("a TensorFlow graph with unknown dimensions")
+    layer = make_layer("lstm", 5, 4)
+    weights = [np.asarray(w) for w in layer.cell.get_weights()]
+    x = random((3, time, 4), time)
+    mask = random((3, time), time + 1) > -0.6
+    mask[2, :] = False  # a row with no step read
+    states = [random((3, 5), 50), random((3, 5), 51)]
+    args = [x, *states, *weights]
+    # every output element with its own weight in the loss
+    spread = np.linspace(-1.0, 1.0, 3 * time * 5, dtype="float32").reshape(3, time, 5)
+
+    def loss(form):
+        def fn(x, h0, s0, *weights):
+            last, outputs, final = kernels.lstm_sequence(
+                x, h0, s0, ops.convert_to_tensor(mask), *weights, form=form,
+                go_backwards=True, return_sequences=True,
+            )  # fmt: skip
+            total = ops.sum(outputs * ops.convert_to_tensor(spread))
+            return total + ops.sum(final[1] * final[1]), outputs
+
+        return fn
+
+    def run(form):
+        fn = loss(form)
+        value = lambda *a: fn(*a)[0]  # noqa: E731
+        outputs = fn(*[ops.convert_to_tensor(a) for a in args])[1]
+        if not graph:
+            return outputs, gradients(value, args)
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec((None,) * np.ndim(a), tf.float32) for a in args[:3]]
+        spec += [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
+        traced = tf.function(
+            lambda *a: (fn(*a)[1], gradients(value, a)), input_signature=spec
+        )
+        return traced(*[tf.constant(a) for a in args])
+
+    outputs, grads = run("unrolled")
+    want = reference(
+        "lstm", layer, x, mask=mask, go_backwards=True, initial_state=states
+    )[0]
+    np.testing.assert_allclose(as_numpy(outputs), want, rtol=RTOL, atol=ATOL)
+    _, plain_grads = run("compiled")
+    for got, expected in zip(grads, plain_grads, strict=True):
+        np.testing.assert_allclose(
+            as_numpy(got), as_numpy(expected), rtol=RTOL, atol=GRAD_ATOL
+        )
 
 
 @needs_tf
