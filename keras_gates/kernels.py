@@ -1213,9 +1213,7 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
             sequence_ta, carry = loop_vars[0], loop_vars[-len(init) :]
             for j in range(k):
                 mask_t = None if mask_ta is None else mask_ta.read(t + j)
-                carry = tuple(
-                    step(carry, [ta.read(t + j) for ta in inputs_ta], mask_t)
-                )
+                carry = tuple(step(carry, [ta.read(t + j) for ta in inputs_ta], mask_t))
                 if keep_sequence:
                     sequence_ta = sequence_ta.write(t + j, carry[0])
             if keep_sequence:
