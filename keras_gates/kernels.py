@@ -1176,13 +1176,15 @@ def _scan(step, init, inputs, mask, keep_sequence, form, training):
     tuple of states whose first element is the output. Returns
     ``(final carry, the first state at every step or None)``.
     """
+    unroll = UNROLLED_STEPS if form == "unrolled" else 1  # steps per iteration
     if keras.backend.backend() == "tensorflow":
-        return _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training)
-    unroll = UNROLLED_STEPS if form == "unrolled" else 1
+        return _while_loop_tf(
+            step, init, inputs, mask, keep_sequence, form, training, unroll
+        )
     return _scan_ops(step, init, inputs, mask, keep_sequence, unroll)
 
 
-def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
+def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training, unroll):
     """The TensorFlow loop: a ``tf.while_loop`` over TensorArrays, as
     ``keras.layers.RNN``'s own. (``keras.ops.scan`` round-trips its carry
     through a TensorArray at every step and its gradient does not compile
@@ -1192,7 +1194,8 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
     where everything off the recurrence is already out of the loop and one at
     a time measured faster. The trip count is ``maximum_iterations`` alone
     (XLA needs it to differentiate the loop; a condition on top would add ops
-    to every step).
+    to every step). With ``unroll`` > 1, each iteration runs that many steps
+    and a second loop the last ``length % unroll``, one each.
     """
     import tensorflow as tf
 
@@ -1210,7 +1213,8 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
 
     def steps(k):
         def body(t, *loop_vars):
-            sequence_ta, carry = loop_vars[0], loop_vars[-len(init) :]
+            sequence_ta = loop_vars[0] if keep_sequence else None
+            carry = loop_vars[-len(init) :]
             for j in range(k):
                 mask_t = None if mask_ta is None else mask_ta.read(t + j)
                 carry = tuple(step(carry, [ta.read(t + j) for ta in inputs_ta], mask_t))
@@ -1228,25 +1232,26 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training):
             init[0].dtype, size=length, element_shape=init[0].shape
         )
         loop_vars = (loop_vars[0], outputs_ta, *init)
-    k = UNROLLED_STEPS if form == "unrolled" else 1
 
     def loop(k, trips, loop_vars):
-        return tf.while_loop(
-            lambda *_: True,
-            steps(k),
-            loop_vars,
-            maximum_iterations=trips,
-            parallel_iterations=1 if form in ("small", "block") else 32,
-            swap_memory=training,
+        return tuple(
+            tf.while_loop(
+                lambda *_: True,
+                steps(k),
+                loop_vars,
+                maximum_iterations=trips,
+                parallel_iterations=1 if form in ("small", "block") else 32,
+                swap_memory=training,
+            )
         )
 
-    if k > 1 and static_length is None and compiled():
-        k = 1  # XLA cannot differentiate a loop that may run no iteration
+    if static_length is None and compiled():
+        unroll = 1  # XLA cannot differentiate a loop that may run no iteration
     result = loop_vars
-    if k == 1 or static_length is None or static_length >= k:
-        result = loop(k, length // k, tuple(result))
-    if k > 1 and (static_length is None or static_length % k):
-        result = loop(1, length % k, tuple(result))  # the last steps, one each
+    if unroll == 1 or static_length is None or static_length >= unroll:
+        result = loop(unroll, length // unroll, result)
+    if unroll > 1 and (static_length is None or static_length % unroll):
+        result = loop(1, length % unroll, result)  # the last steps, one each
     carry = tuple(result[-len(init) :])
     if not keep_sequence:
         return carry, None
