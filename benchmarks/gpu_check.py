@@ -15,9 +15,11 @@ It does three things and prints each as it goes:
    kernel (``use_cudnn=False``) and against ``keras.layers.LSTM`` on cuDNN
    with the same weights: outputs, final states and the gradients of a loss
    with respect to the inputs and every weight, each the largest absolute
-   difference (pass: <= 1e-5). It also checks that the traced graph holds a
-   CudnnRNNV3 op (cuDNN really ran) and that a serving export of the model
-   holds none (a CPU-only TF Serving loads it).
+   difference (pass: <= 1e-5; for gradients, 1e-5 of the largest gradient
+   where that is above 1: float32's rounding grows with the size). It also
+   checks that the traced graph holds a CudnnRNNV3 op (cuDNN really ran)
+   and that a serving export of the model holds none (a CPU-only TF Serving
+   loads it).
 3. **The matrix**: LSTM and GRU at batch 1, 64 and 512 (100 steps, 64
    features, 128 units), inference and a training step (forward, gradients,
    SGD update), under the TF graph (``tf.function``), TF + XLA
@@ -30,6 +32,14 @@ It does three things and prints each as it goes:
    (the model it replaces) and, for information, Keras's default cuDNN GRU
    (another model). Then the kernels' forms (``keras_gates.kernels``) timed
    one by one at inference, the data to choose a GPU's forms by.
+
+Where TensorFlow is not installed (a machine with JAX on its GPU and no
+TensorFlow wheel for it), the TensorFlow sections are not run and say so,
+and the JAX column runs alone, with its own proofs: ``keras_gates.LSTM`` and
+``GRU`` against ``keras.layers.LSTM`` / ``GRU(reset_after=False)`` on the
+same weights under JAX (matmul precision "highest"), the same cases,
+outputs and gradients; then the matrix and each kernel form timed under
+``jax.jit``.
 
 On a machine without a GPU it says so in one line and exits 0.
 ``--allow-cpu`` runs everything on the CPU at a tiny size (the test suite
@@ -48,6 +58,16 @@ import sys
 import tempfile
 import time
 
+if os.environ.get("GPU_CHECK_NO_TENSORFLOW"):  # (--no-tensorflow: the TF-free run)
+    import importlib.abc
+
+    class _NoTensorFlow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.partition(".")[0] == "tensorflow":
+                raise ModuleNotFoundError(f"{name}: --no-tensorflow")
+
+    sys.meta_path.insert(0, _NoTensorFlow())
+
 SHAPES = {"full": (100, 64, 128), "tiny": (6, 4, 5)}  # time, features, units
 BATCHES = {"full": (1, 64, 512), "tiny": (1, 3)}
 TOLERANCE = 1e-5
@@ -63,16 +83,20 @@ def _say(line: str = "") -> None:
 
 def versions() -> dict:
     import keras
-    import tensorflow as tf
 
-    info = tf.sysconfig.get_build_info()
-    found = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "cuda (TF build)": info.get("cuda_version"),
-        "cudnn (TF build)": info.get("cudnn_version"),
-        "gpus (TF)": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
+    try:
+        import tensorflow as tf
+    except ImportError:
+        found = {"tensorflow": "not installed", "keras": keras.__version__}
+    else:
+        info = tf.sysconfig.get_build_info()
+        found = {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "cuda (TF build)": info.get("cuda_version"),
+            "cudnn (TF build)": info.get("cudnn_version"),
+            "gpus (TF)": [d.name for d in tf.config.list_physical_devices("GPU")],
+        }
     if shutil.which("nvidia-smi"):
         query = subprocess.run(
             [
@@ -90,6 +114,10 @@ def versions() -> dict:
         except ImportError:
             continue
         found[name] = module.__version__
+    if "jax" in found and found["tensorflow"] == "not installed":
+        import jax  # (with TensorFlow beside it, JAX's allocator stays out)
+
+        found["devices (JAX)"] = [str(d) for d in jax.devices()]
     return found
 
 
@@ -137,6 +165,22 @@ def _graph_ops(concrete) -> set:
     for function in graph.library.function:
         found.update(node.op for node in function.node_def)
     return found
+
+
+def _within_tolerance(row: dict) -> bool:
+    """Outputs within TOLERANCE; gradients within TOLERANCE of their scale.
+
+    The outputs lie in (-1, 1); a gradient's float32 rounding grows with its
+    size (on an H200, GRU gradients up to 49 differed by 1.3e-5 between two
+    orders of the same sums: 3e-7 of the largest), so a gradient's
+    difference is measured against max(1, its largest magnitude).
+    """
+    scale = max(1.0, row["largest_gradient"])
+    return all(
+        value <= TOLERANCE * (scale if key.startswith("gradients") else 1.0)
+        for key, value in row.items()
+        if key.endswith(("_vs_own", "_vs_keras"))
+    )
 
 
 def _largest(a, b) -> float:
@@ -197,6 +241,7 @@ def prove(case: str, batch: int, steps: int, features: int, units: int) -> dict:
         "gradients_vs_own": largest(ours[1], own[1]),
         "outputs_vs_keras": largest(ours[0], builtin[0]),
         "gradients_vs_keras": largest(ours[1], builtin[1]),
+        "largest_gradient": max(float(np.abs(g).max()) for g in builtin[1]),
     }
 
 
@@ -238,14 +283,8 @@ def proofs(size: str) -> dict:
     export = export_check(features, units)
     _say(f"  serving export: GPU-only ops {export['gpu_only_ops_in_export'] or 'none'}")
     tf.config.experimental.enable_tensor_float_32_execution(True)
-    differences = [
-        value
-        for row in rows
-        for key, value in row.items()
-        if key.endswith(("_vs_own", "_vs_keras"))
-    ]
     passed = (
-        max(differences) <= TOLERANCE
+        all(_within_tolerance(row) for row in rows)
         and all(row["own_kernel_free_of_cudnn"] for row in rows)
         and not export["gpu_only_ops_in_export"]
     )
@@ -499,6 +538,8 @@ def _child_rows(backend: str, size: str, repeats: int, budget: float) -> dict:
     import keras_gates
 
     deadline = time.monotonic() + budget
+    proved = backend_proofs(size) if backend == "jax" else None
+    matrix_deadline = time.monotonic() + 0.65 * (deadline - time.monotonic())
     steps, features, units = SHAPES[size]
     families = {
         "LSTM": [
@@ -517,7 +558,7 @@ def _child_rows(backend: str, size: str, repeats: int, budget: float) -> dict:
     rows, skipped = [], []
     for family, candidates in families.items():
         for batch in BATCHES[size]:
-            if time.monotonic() > deadline:
+            if time.monotonic() > matrix_deadline:
                 skipped.append(f"{backend} {family} b{batch}")
                 continue
             rng = np.random.default_rng(0)
@@ -542,7 +583,202 @@ def _child_rows(backend: str, size: str, repeats: int, budget: float) -> dict:
                 rows += _rows(
                     backend, family, batch, mode, timed, labels, steps, features, units
                 )
-    return {"rows": rows, "skipped": skipped}
+    forms = []
+    if backend == "jax":
+        forms, skipped_forms = backend_forms(size, repeats, deadline)
+        skipped += skipped_forms
+    return {"proofs": proved, "rows": rows, "forms": forms, "skipped": skipped}
+
+
+def _case_inputs(case: str, batch: int, steps: int, features: int):
+    """x, the mask (or None) and the steps both layers define alike."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, steps, features)).astype("float32")
+    if case not in ("right_padded", "go_backwards", "bidirectional"):
+        return x, None, None
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[0] = steps
+    mask = np.arange(steps)[None, :] < lengths[:, None]
+    return x, mask, mask[:, ::-1] if case == "go_backwards" else mask
+
+
+def _jax_forward_and_gradients(layer, x, mask, shown):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss(trainable, x):
+        kwargs = {} if mask is None else {"mask": jnp.asarray(mask)}
+        out, _ = layer.stateless_call(trainable, non_trainable, x, **kwargs)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if shown is not None:
+            outs = [o * jnp.asarray(shown, o.dtype)[:, :, None] for o in outs]
+        return sum(jnp.sum(jnp.square(o)) for o in outs), outs
+
+    run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, outs), (weight_grads, x_grad) = run(trainable, jnp.asarray(x))
+    return [np.asarray(o) for o in outs], [
+        np.asarray(g) for g in (x_grad, *weight_grads)
+    ]
+
+
+def backend_proofs(size: str) -> dict:
+    """Under JAX: the layers against Keras's own on the same weights."""
+    import functools
+
+    import jax
+    import keras
+
+    import keras_gates
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    steps, features, units = SHAPES["tiny"] if size == "tiny" else (20, 16, 32)
+    pairs = {
+        "LSTM": (keras_gates.LSTM, keras.layers.LSTM),
+        "GRU": (
+            keras_gates.GRU,
+            functools.partial(keras.layers.GRU, reset_after=False),
+        ),
+    }
+    rows = []
+    for family, makers in pairs.items():
+        for case in PROOF_CASES:
+            x, mask, shown = _case_inputs(case, 8, steps, features)
+            options = {"return_sequences": True}
+            if case == "go_backwards":
+                options["go_backwards"] = True
+            if case == "return_state":
+                options = {"return_state": True}
+            layers = []
+            for make in makers:
+                layer = make(units, **options)
+                if case == "bidirectional":
+                    layer = keras.layers.Bidirectional(layer)
+                layer.build((None, None, features))
+                layers.append(layer)
+            keras.utils.set_random_seed(1)
+            for variable in layers[0].weights:
+                variable.assign(keras.random.uniform(variable.shape, -0.5, 0.5))
+            _copy_weights(layers[0], layers[1])
+            ours, theirs = (
+                _jax_forward_and_gradients(layer, x, mask, shown) for layer in layers
+            )
+            pair = [zip(ours[k], theirs[k], strict=True) for k in (0, 1)]
+            rows.append(
+                {
+                    "family": family,
+                    "case": case,
+                    "outputs_vs_keras": max(_largest(a, b) for a, b in pair[0]),
+                    "gradients_vs_keras": max(_largest(a, b) for a, b in pair[1]),
+                    "largest_gradient": max(float(abs(g).max()) for g in theirs[1]),
+                }
+            )
+    jax.config.update("jax_default_matmul_precision", None)
+    return {"cases": rows, "passed": all(_within_tolerance(row) for row in rows)}
+
+
+def _first_output(function, states, kernel, recurrent, bias, form):
+    def run(x):
+        return function(x, *states, None, kernel, recurrent, bias, form=form)[0]
+
+    return run
+
+
+def _summed(function, states, bias, form):
+    """A training step's loss: the sum of the outputs, as a function of the
+    inputs and both kernels."""
+
+    def loss(x, kernel, recurrent):
+        outputs = function(
+            x, *states, None, kernel, recurrent, bias, form=form, training=True
+        )[0]
+        return outputs.sum()
+
+    return loss
+
+
+def _ready(function, *args):
+    import jax
+
+    return jax.block_until_ready(function(*args))
+
+
+def backend_forms(size: str, repeats: int, deadline: float) -> tuple[list, list]:
+    """Under JAX: each kernel form under jax.jit, ms: at inference, and the
+    gradient of the outputs' sum ("_train")."""
+    import functools
+
+    import jax
+    import numpy as np
+
+    from keras_gates import kernels
+
+    steps, features, units = SHAPES[size]
+    rows, skipped = [], []
+    rng = np.random.default_rng(0)
+    for name, function, forms, blocks in (
+        ("LSTM", kernels.lstm_sequence, kernels.LSTM_FORMS, 4),
+        ("GRU", kernels.gru_sequence, kernels.GRU_FORMS, 3),
+    ):
+        kernel = rng.uniform(-0.1, 0.1, (features, blocks * units)).astype("float32")
+        recurrent = rng.uniform(-0.1, 0.1, (units, blocks * units)).astype("float32")
+        bias = np.zeros((blocks * units,), "float32")
+        for batch in BATCHES[size]:
+            if time.monotonic() > deadline:
+                skipped.append(f"jax forms {name} b{batch}")
+                continue
+            x = rng.normal(size=(batch, steps, features)).astype("float32")
+            states = [np.zeros((batch, units), "float32")] * (
+                2 if name == "LSTM" else 1
+            )
+            fns = {}
+            for form in ("auto", *forms):
+                if form in ("block", "bptt"):  # TensorFlow's ops and loop
+                    continue
+                jitted = jax.jit(
+                    _first_output(function, states, kernel, recurrent, bias, form)
+                )
+                fns[form] = functools.partial(_ready, jitted, x)
+                train = jax.jit(
+                    jax.grad(_summed(function, states, bias, form), argnums=(0, 1, 2))
+                )
+                fns[f"{form}_train"] = functools.partial(
+                    _ready, train, x, kernel, recurrent
+                )
+            timed = _timed(fns, repeats)
+            row = {"family": name, "config": "jax", "batch": batch}
+            row.update({f"{form}_ms": seconds * 1e3 for form, seconds in timed.items()})
+            rows.append(row)
+    return rows, skipped
+
+
+def _say_backend(child: dict) -> None:
+    proved = child.get("proofs")
+    if proved:
+        for row in proved["cases"]:
+            _say(
+                f"  jax {row['family']:<4} {row['case']:<14} vs Keras's own: "
+                f"out {row['outputs_vs_keras']:.1e} "
+                f"grad {row['gradients_vs_keras']:.1e}"
+                f" (largest gradient {row['largest_gradient']:.1e})"
+            )
+        _say(f"  jax proofs {'passed' if proved['passed'] else 'FAILED'}")
+    for row in child["rows"]:
+        _print_row(row)
+    for row in child.get("forms", []):
+        _say(
+            f"  forms jax {row['family']:<4} b{row['batch']:<4} "
+            + " ".join(
+                f"{key[:-3]} {value:.2f} ms"
+                for key, value in row.items()
+                if key.endswith("_ms")
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=330.0, help="seconds for the matrix"
     )
     parser.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-tensorflow", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=sorted(SHAPES), help=argparse.SUPPRESS)
     parser.add_argument("--backend-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -562,9 +799,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(result))
         return 0
+    if args.no_tensorflow and not os.environ.get("GPU_CHECK_NO_TENSORFLOW"):
+        os.environ["GPU_CHECK_NO_TENSORFLOW"] = "1"  # for this run and its child
+        return subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *argv_of(argv)]
+        ).returncode
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return _without_tensorflow(args)
 
     tf.get_logger().setLevel("ERROR")  # each cell traces its own functions
     if not tf.config.list_physical_devices("GPU") and not args.allow_cpu:
@@ -576,7 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     _say("1. where it runs")
     for key, value in report["versions"].items():
         _say(f"  {key}: {value}")
-    _say("2. proofs (TF32 off; pass: every difference <= 1e-5)")
+    _say(
+        "2. proofs (TF32 off; pass: every difference <= 1e-5, for gradients "
+        "times their largest magnitude)"
+    )
     report["proofs"] = proofs(size)
     _say(f"  proofs {'passed' if report['proofs']['passed'] else 'FAILED'}")
     _say(
@@ -586,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     share = args.budget / 3
     deadline = time.monotonic() + 2 * share
     report["matrix"], skipped = tf_matrix(size, args.repeats, deadline)
+    passed = report["proofs"]["passed"]
     for backend in ("jax", "torch"):
         try:
             __import__(backend)
@@ -593,23 +842,86 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {backend}: not installed")
             continue
         child = backend_child(backend, size, args.repeats, share / 2)
-        for row in child["rows"]:
-            _print_row(row)
+        _say_backend(child)
         report["matrix"] += child["rows"]
+        report[f"{backend}_proofs"] = child.get("proofs")
+        report[f"{backend}_forms"] = child.get("forms", [])
+        passed = passed and (child.get("proofs") or {"passed": True})["passed"]
         skipped += child["skipped"]
     _say("  forms (inference, ms)")
     report["forms"], skipped_forms = forms_matrix(
         size, args.repeats, time.monotonic() + share / 2
     )
     report["skipped"] = skipped + skipped_forms
+    return _finish(report, started, args, passed)
+
+
+def argv_of(argv: list[str] | None) -> list[str]:
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def _finish(report: dict, started: float, args, passed: bool) -> int:
     if report["skipped"]:
         _say(f"  skipped (over the budget): {', '.join(report['skipped'])}")
     report["seconds"] = time.monotonic() - started
+    report["passed"] = passed
     _say(f"done in {report['seconds']:.0f} s")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=1, default=str)
-    return 0 if report["proofs"]["passed"] else 1
+    return 0 if passed else 1
+
+
+def _without_tensorflow(args) -> int:
+    """No TensorFlow here: the JAX column alone, with its own proofs."""
+    os.environ["KERAS_BACKEND"] = "jax"  # (Keras's default backend is absent)
+    try:
+        import jax
+
+        gpus = jax.devices("gpu")
+    except (ImportError, RuntimeError):
+        gpus = []
+    if not gpus and not args.allow_cpu:
+        _say(
+            "gpu_check: no TensorFlow here and no GPU visible to JAX; "
+            "nothing to check (exit 0)."
+        )
+        return 0
+    size = args.size or ("tiny" if args.allow_cpu else "full")
+    started = time.monotonic()
+    report = {"versions": versions(), "size": size, "shape": SHAPES[size]}
+    _say("1. where it runs")
+    for key, value in report["versions"].items():
+        _say(f"  {key}: {value}")
+    _say("2. proofs: TensorFlow is not installed here: the cuDNN proofs are not run")
+    _say(
+        f"3. JAX alone: its proofs (matmul precision highest; pass: <= {TOLERANCE}, "
+        "for gradients times their largest magnitude), "
+        f"the matrix ({SHAPES[size][0]} steps x {SHAPES[size][1]} -> "
+        f"{SHAPES[size][2]} units; ours / theirs, medians of {args.repeats} rounds) "
+        "and the forms (inference, ms)"
+    )
+    child = backend_child("jax", size, args.repeats, 2 * args.budget / 3)
+    _say_backend(child)
+    report.update(
+        {
+            "jax_proofs": child.get("proofs"),
+            "matrix": child["rows"],
+            "jax_forms": child.get("forms", []),
+            "skipped": child["skipped"],
+        }
+    )
+    try:
+        __import__("torch")
+    except ImportError:
+        _say("  torch: not installed")
+    else:
+        torch_child = backend_child("torch", size, args.repeats, args.budget / 3)
+        _say_backend(torch_child)
+        report["matrix"] += torch_child["rows"]
+        report["skipped"] += torch_child["skipped"]
+    proved = child.get("proofs")
+    return _finish(report, started, args, bool(proved and proved["passed"]))
 
 
 if __name__ == "__main__":
