@@ -71,11 +71,15 @@ per block, as Keras's own loop (both are bound by the same two products per
 step). The GRU has no compiled form: under XLA its graph forms, chosen by
 batch size as below, measured best.
 
-``"unrolled"`` (the LSTM's): TensorFlow's graph executor, middle batches,
-inference: the plain step (as ``"compiled"``), ``UNROLLED_STEPS`` steps per
-loop iteration and the last ``time % UNROLLED_STEPS`` steps one per iteration
-in a second loop: the loop's own ops (its counter, the TensorArray reads and
-writes' bookkeeping, the frame's control nodes) run once per several steps.
+``"unrolled"``: the LSTM's in TensorFlow's graph executor, middle batches,
+inference; both kernels' under JAX on a GPU or TPU (``accelerated_jax``),
+inference, where every loop iteration costs a launch and a trip to the host
+for its condition. The LSTM's is the plain step (as ``"compiled"``), the
+GRU's the large form's step with z and o from one product;
+``UNROLLED_STEPS`` steps per loop iteration and the last
+``time % UNROLLED_STEPS`` steps one per iteration in a second loop: the
+loop's own ops (its counter, the TensorArray reads and writes' bookkeeping,
+the frame's control nodes) run once per several steps.
 Under XLA, which has no such per-iteration cost and cannot differentiate a
 loop that may run no iteration, it runs one step per iteration unless the
 length is known when tracing; under JAX it is ``scan``'s ``unroll``.
@@ -97,7 +101,8 @@ dynamic batch both are traced and ``tf.cond`` picks one; under XLA, which
 cannot differentiate that cond, a dynamic batch takes ``"large"``), and
 ``"large"`` above it and for the GRU (also under XLA, where it measured as
 fast as the compiled form); for
-inference the LSTM's ``"compiled"`` when the loop is being compiled
+inference ``"unrolled"`` under JAX on an accelerator, else the LSTM's
+``"compiled"`` when the loop is being compiled
 (``compiled()``), else by batch size: ``"block"`` up to ``block_batch_max``
 (``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
 ``"small"`` up to ``small_batch_max`` (the layer's ``fused_max_batch``;
@@ -168,13 +173,31 @@ BPTT_BATCH_MAX = 16
 UNROLLED_BATCH_MAX = 48
 # The "unrolled" form's steps per loop iteration.
 UNROLLED_STEPS = 10
-GRU_FORMS = ("small", "large", "block")
+GRU_FORMS = ("small", "large", "block", "unrolled")
 # With `form="auto"`, inference above the batch-size ladder takes this form:
 # the LSTM's plain step, the GRU's "large" (module docstring).
 ABOVE_LADDER = {"lstm": "compiled", "gru": "large"}
 # With `form="auto"`, TensorFlow's graph executor runs the GRU's "block" form
 # (where it applies, `gru_block_form_refusal`) up to this batch at inference.
 GRU_BLOCK_BATCH_MAX = 32
+
+
+def accelerated_jax() -> bool:
+    """Whether JAX runs the loop on an accelerator (a GPU or TPU).
+
+    There each iteration of a compiled loop costs a kernel launch and a trip
+    back to the host for its condition, more than a step's arithmetic at
+    these sizes, so inference takes the ``"unrolled"`` form, whose loop runs
+    ``UNROLLED_STEPS`` steps per iteration. (JAX on the CPU measured the
+    one-step loop as fast or faster: ``"compiled"``, the GRU's ladder.)
+    The answer is JAX's default backend, where Keras's JAX backend places
+    its computations.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    import jax  # (the JAX backend is running: JAX is imported already)
+
+    return jax.default_backend() != "cpu"
 
 
 def compiled() -> bool:
@@ -418,6 +441,8 @@ def gru_sequence(
         if form == "block":
             return _block_gru(x, s0, mask, kernel, recurrent_kernel, bias, keep)
         # Keras's blocks: 0 = z (1 - i), 1 = o (its r), 2 = the candidate's.
+        # ("unrolled": the "large" form's x_t projection in the step, z and o
+        # from one product, UNROLLED_STEPS steps per iteration.)
         if form == "large":
             # o_t alone feeds the candidate: its own (half as wide) product,
             # a shorter critical path; z_t's runs alongside.
@@ -594,6 +619,8 @@ def _dispatch(
             # (XLA cannot take the gradient of a cond over these loops.)
             return outputs_of("large")
         ladder, above = [(train_batch_max["bptt"], "bptt")], "large"
+    elif accelerated_jax():
+        return outputs_of("unrolled")
     elif "compiled" in forms and compiled():
         return outputs_of("compiled")
     else:

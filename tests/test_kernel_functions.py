@@ -646,39 +646,53 @@ def test_auto_picks_the_block_form_by_batch_and_mask(forms_ran):
 STEPS = kernels.UNROLLED_STEPS
 
 
+def _sequence(variant, x, states, mask, weights, form):
+    """The variant's kernel, backwards over a stacked sequence: (outputs,
+    the last state)."""
+    function = kernels.gru_sequence if variant == "gru" else kernels.lstm_sequence
+    _, outputs, final = function(
+        x, *states, ops.convert_to_tensor(mask), *weights, form=form,
+        go_backwards=True, return_sequences=True,
+    )  # fmt: skip
+    return outputs, final[-1]
+
+
 @pytest.mark.jax_parity
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "dynamic_shape"])
 @pytest.mark.parametrize("time", [1, STEPS - 1, STEPS, STEPS + 1, 2 * STEPS + 3])
-def test_unrolled_form_at_lengths_around_its_steps(time, graph):
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_unrolled_form_at_lengths_around_its_steps(variant, time, graph):
     """The "unrolled" form runs UNROLLED_STEPS steps per loop iteration and
     the rest one each: at every length around that count, with a mask,
     go_backwards, an initial state and a stacked sequence, its values equal
     the oracle and its gradients (inputs, weights, initial states) equal those
     of Keras's own loop over the cell's readable `call` (JAX: see below);
-    also traced with no
-    static batch or length (TensorFlow: the trip counts are computed at run
-    time)."""
+    also traced with no static batch or length (TensorFlow: the trip counts
+    are computed at run time)."""
     if graph and BACKEND != "tensorflow":
         pytest.skip("a TensorFlow graph with unknown dimensions")
-    layer = make_layer("lstm", 5, 4)
+    layer = make_layer(variant, 5, 4)
     weights = [np.asarray(w) for w in layer.cell.get_weights()]
     x = random((3, time, 4), time)
     mask = random((3, time), time + 1) > -0.6
     mask[2, :] = False  # a row with no step read
-    states = [random((3, 5), 50), random((3, 5), 51)]
+    states = [random((3, 5), 50 + k) for k in range(2 if variant == "lstm" else 1)]
     args = [x, *states, *weights]
+    n_states = len(states)
     # every output element with its own weight in the loss
     spread = np.linspace(-1.0, 1.0, 3 * time * 5, dtype="float32").reshape(3, time, 5)
 
     def loss(outputs, s_last):
         return ops.sum(outputs * ops.convert_to_tensor(spread)) + ops.sum(s_last**2)
 
-    def ours(x, h0, s0, *weights):
-        _, outputs, final = kernels.lstm_sequence(
-            x, h0, s0, ops.convert_to_tensor(mask), *weights, form="unrolled",
-            go_backwards=True, return_sequences=True,
-        )  # fmt: skip
-        return loss(outputs, final[1]), outputs
+    def of_form(form):
+        def run(*a):
+            outputs, s_last = _sequence(
+                variant, a[0], a[1 : 1 + n_states], mask, a[1 + n_states :], form
+            )
+            return loss(outputs, s_last), outputs
+
+        return run
 
     rnn = keras.layers.RNN(
         layer.cell, return_sequences=True, return_state=True, go_backwards=True
@@ -686,12 +700,12 @@ def test_unrolled_form_at_lengths_around_its_steps(time, graph):
     rnn.build((None, None, 4))
     frozen = [v.value for v in rnn.non_trainable_variables]
 
-    def keras_loop_loss(x, h0, s0, *weights):
-        outputs, _, s_last = rnn.stateless_call(
-            list(weights), frozen, x, mask=ops.convert_to_tensor(mask),
-            initial_state=[h0, s0],
+    def keras_loop_loss(*a):
+        outputs, *final = rnn.stateless_call(
+            list(a[1 + n_states :]), frozen, a[0], mask=ops.convert_to_tensor(mask),
+            initial_state=list(a[1 : 1 + n_states]),
         )[0]  # fmt: skip
-        return loss(outputs, s_last)
+        return loss(outputs, final[-1])
 
     def run(fn):
         value = lambda *a: fn(*a)[0]  # noqa: E731
@@ -700,36 +714,69 @@ def test_unrolled_form_at_lengths_around_its_steps(time, graph):
             return outputs, gradients(value, args)
         import tensorflow as tf
 
-        spec = [tf.TensorSpec((None,) * np.ndim(a), tf.float32) for a in args[:3]]
-        spec += [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
+        spec = [tf.TensorSpec((None,) * np.ndim(a), tf.float32) for a in args]
+        spec[1 + n_states :] = [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
         traced = tf.function(
             lambda *a: (fn(*a)[1], gradients(value, a)), input_signature=spec
         )
         return traced(*[tf.constant(a) for a in args])
 
-    outputs, grads = run(ours)
+    outputs, grads = run(of_form("unrolled"))
     want = reference(
-        "lstm", layer, x, mask=mask, go_backwards=True, initial_state=states
+        variant, layer, x, mask=mask, go_backwards=True, initial_state=states
     )[0]
     np.testing.assert_allclose(as_numpy(outputs), want, rtol=RTOL, atol=ATOL)
 
-    def plain_loop_loss(x, h0, s0, *weights):
-        _, outputs, final = kernels.lstm_sequence(
-            x, h0, s0, ops.convert_to_tensor(mask), *weights, form="compiled",
-            go_backwards=True, return_sequences=True,
-        )  # fmt: skip
-        return loss(outputs, final[1])
-
     # Keras's JAX loop outputs h_0 at the masked steps before a row's first
     # read step (its outputs differ from the oracle there: rows 0 and 2
-    # here); on JAX the one-step plain loop, checked against Keras's loop by
+    # here); on JAX the one-step loop, checked against Keras's loop by
     # test_kernel_gradients_equal_keras_loop_over_call, stands in.
-    oracle_loss = plain_loop_loss if BACKEND == "jax" else keras_loop_loss
+    one_step = of_form("compiled" if variant == "lstm" else "large")
+    oracle_loss = (lambda *a: one_step(*a)[0]) if BACKEND == "jax" else keras_loop_loss
     keras_grads = gradients(oracle_loss, args)
     for got, expected in zip(grads, keras_grads, strict=True):
         np.testing.assert_allclose(
             as_numpy(got), as_numpy(expected), rtol=RTOL, atol=GRAD_ATOL
         )
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_auto_takes_the_unrolled_form_under_jax_on_an_accelerator(
+    variant, forms_ran, monkeypatch
+):
+    """Where JAX runs on a GPU or TPU (made to answer so here), inference
+    takes "unrolled" at any batch, masked or not, with the oracle's values;
+    training keeps its own forms."""
+    monkeypatch.setattr(kernels, "accelerated_jax", lambda: True)
+    layer = make_layer(variant, 5, 4, return_sequences=True)
+    for batch, masked in [
+        (1, False),
+        (3, True),
+        (kernels.UNROLLED_BATCH_MAX + 1, False),
+    ]:
+        forms_ran.clear()
+        x = random((batch, 12, 4), batch)
+        mask = np.ones((batch, 12), bool)
+        mask[:, 9:] = not masked
+        got = layer(ops.convert_to_tensor(x), mask=ops.convert_to_tensor(mask))
+        assert forms_ran == ["unrolled"], (batch, masked)
+        want = reference(variant, layer, x, mask=mask)[0]
+        np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
+    forms_ran.clear()
+    layer(ops.convert_to_tensor(random((2, 12, 4), 7)), training=True)
+    assert forms_ran and "unrolled" not in forms_ran
+
+
+def test_accelerated_jax_answers_for_jax_alone():
+    """False on every backend but JAX; under JAX, whether JAX's default
+    backend (where Keras places the loop) is an accelerator."""
+    if BACKEND != "jax":
+        assert kernels.accelerated_jax() is False
+        return
+    import jax
+
+    assert kernels.accelerated_jax() is (jax.default_backend() != "cpu")
 
 
 @needs_tf
