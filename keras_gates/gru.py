@@ -273,9 +273,10 @@ class GRU(GatedRNN):
 
     # Inference up to this batch takes the fast path's small-batch form where
     # the "block" form (kernels.GRU_BLOCK_BATCH_MAX) does not apply (mixed
-    # precision, recurrent dropout masks): it measured at or below the
-    # large-batch form up to batch 32 (benchmarks/README.md, "CPU matrix").
-    fused_max_batch = 32
+    # precision, recurrent dropout masks): above it the "unrolled" form
+    # (TensorFlow's graph executor) or the large-batch form measured faster
+    # (benchmarks/README.md, "How the layers' loop is built").
+    fused_max_batch = 4
 
     def __init__(
         self,

@@ -71,8 +71,8 @@ per block, as Keras's own loop (both are bound by the same two products per
 step). The GRU has no compiled form: under XLA its graph forms, chosen by
 batch size as below, measured best.
 
-``"unrolled"``: the LSTM's in TensorFlow's graph executor, middle batches,
-inference; both kernels' under JAX on a GPU or TPU (``accelerated_jax``),
+``"unrolled"``: both kernels' in TensorFlow's graph executor, middle
+batches, inference, and under JAX on a GPU or TPU (``accelerated_jax``),
 inference, where every loop iteration costs a launch and a trip to the host
 for its condition. The LSTM's is the plain step (as ``"compiled"``), the
 GRU's the large form's step with z and o from one product;
@@ -107,8 +107,9 @@ inference ``"unrolled"`` under JAX on an accelerator, else the LSTM's
 (``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
 ``"small"`` up to ``small_batch_max`` (the layer's ``fused_max_batch``;
 where the block form applies and takes as many, it takes the small one's
-batches), the LSTM's ``"unrolled"`` up to ``UNROLLED_BATCH_MAX``, and above
-them the LSTM's ``"compiled"`` (the plain step: in the
+batches), ``"unrolled"`` up to ``UNROLLED_BATCH_MAX`` (the GRU's in the
+graph executor only: under XLA and JAX on a CPU it measured slower than the
+one-step loop), and above them the LSTM's ``"compiled"`` (the plain step: in the
 graph executor at these batches its two products per step, run by 32
 parallel iterations, measured faster than the split ones of ``"large"``),
 the GRU's ``"large"`` (with a dynamic batch, as in a serving signature,
@@ -168,8 +169,8 @@ BLOCK_BATCH_MAX = 4
 # With `form="auto"`, training runs the LSTM's "bptt" form (where it applies,
 # `bptt_form_refusal`) up to this batch, and the "large" form above it.
 BPTT_BATCH_MAX = 16
-# With `form="auto"`, TensorFlow's graph executor runs the LSTM's "unrolled"
-# form up to this batch at inference, above the "block" and "small" forms'.
+# With `form="auto"`, TensorFlow's graph executor runs the "unrolled" form up
+# to this batch at inference, above the "block" and "small" forms'.
 UNROLLED_BATCH_MAX = 48
 # The "unrolled" form's steps per loop iteration.
 UNROLLED_STEPS = 10
@@ -179,7 +180,7 @@ GRU_FORMS = ("small", "large", "block", "unrolled")
 ABOVE_LADDER = {"lstm": "compiled", "gru": "large"}
 # With `form="auto"`, TensorFlow's graph executor runs the GRU's "block" form
 # (where it applies, `gru_block_form_refusal`) up to this batch at inference.
-GRU_BLOCK_BATCH_MAX = 32
+GRU_BLOCK_BATCH_MAX = 4
 
 
 def accelerated_jax() -> bool:
@@ -403,7 +404,7 @@ def gru_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 32,
+    small_batch_max: int = 4,
     block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's GRU over a whole sequence (module docstring).
@@ -486,6 +487,8 @@ def gru_sequence(
         batch_max["block"] = (
             GRU_BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
         )
+    if not compiled():  # TensorFlow's graph executor
+        batch_max["unrolled"] = UNROLLED_BATCH_MAX
     above = ABOVE_LADDER["gru"]
     return _dispatch(run, x, mask, form, GRU_FORMS, training, batch_max, outputs, above)
 
@@ -625,7 +628,7 @@ def _dispatch(
         return outputs_of("compiled")
     else:
         # (largest batch, form), by batch size: "block" (where it applies),
-        # then "small", then the LSTM's "unrolled", then `above` for every
+        # then "small", then "unrolled" (where listed), then `above` for every
         # batch above; a form whose batches an earlier one takes drops out.
         ladder = []
         for f in ("block", "small", "unrolled"):

@@ -782,17 +782,25 @@ def test_accelerated_jax_answers_for_jax_alone():
 @needs_tf
 def test_auto_picks_the_gru_block_form_by_batch(forms_ran):
     """The GRU's block form takes masked calls too (the loop's `where`), up
-    to its batch; training, and larger batches, take the loop forms; a
-    dynamic batch traces the block form and the large one."""
+    to its batch; above it "small" (where the layer's fused_max_batch
+    reaches further), "unrolled" up to UNROLLED_BATCH_MAX and "large" above;
+    training takes "large"; a dynamic batch traces every form and runs the
+    one for its size."""
     import tensorflow as tf
 
     layer = make_layer("gru", 5, 4, return_sequences=True)
     top = kernels.GRU_BLOCK_BATCH_MAX
+    small_max = layer.fused_max_batch
+    above_block = "small" if small_max > top else "unrolled"
+    unrolled_max = kernels.UNROLLED_BATCH_MAX
     for batch, masked, training, form in [
         (1, False, False, "block"),
         (1, True, False, "block"),
         (top, True, False, "block"),
-        (top + 1, False, False, "small" if layer.fused_max_batch > top else "large"),
+        (top + 1, False, False, above_block),
+        (max(small_max, top) + 1, True, False, "unrolled"),
+        (unrolled_max, False, False, "unrolled"),
+        (unrolled_max + 1, True, False, "large"),
         (1, False, True, "large"),
     ]:  # fmt: skip
         forms_ran.clear()
@@ -809,7 +817,7 @@ def test_auto_picks_the_gru_block_form_by_batch(forms_ran):
     dynamic = tf.function(
         layer, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
     )
-    for batch in (1, top + 1):
+    for batch in (1, top + 1, unrolled_max + 1):
         x = random((batch, 6, 4), batch)
         np.testing.assert_allclose(
             as_numpy(dynamic(tf.constant(x))),
@@ -817,7 +825,7 @@ def test_auto_picks_the_gru_block_form_by_batch(forms_ran):
             rtol=RTOL,
             atol=ATOL,
         )
-    assert "block" in forms_ran and "large" in forms_ran
+    assert {"block", "unrolled", "large"} <= set(forms_ran)  # every form traced
 
 
 # Where the block form meets the layers' other options: it runs where it

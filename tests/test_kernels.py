@@ -57,8 +57,8 @@ def form(request, monkeypatch):
         for layer_class in (keras_gates.LSTM, keras_gates.GRU):
             monkeypatch.setattr(layer_class, "fused_max_batch", limit)
     block_limit = 10**9 if request.param == "block" else 0
-    # The LSTM's "unrolled" form (the plain step, several steps per loop
-    # iteration) is tested on its own in tests/test_kernel_functions.py.
+    # The "unrolled" form (several steps per loop iteration) is tested on its
+    # own in tests/test_kernel_functions.py.
     monkeypatch.setattr(kernels, "UNROLLED_BATCH_MAX", 0)
     monkeypatch.setattr(kernels, "BLOCK_BATCH_MAX", block_limit)
     monkeypatch.setattr(kernels, "GRU_BLOCK_BATCH_MAX", block_limit)
