@@ -555,6 +555,17 @@ def _child_rows(backend: str, size: str, repeats: int, budget: float) -> dict:
             ("keras.layers.GRU (default)", lambda u: keras.layers.GRU(u)),
         ],
     }
+    if backend == "jax":
+        # On a GPU both LSTMs above run cuDNN (Keras 3.15's JAX path); the
+        # package's own kernel ("unrolled" there) against it decides whether
+        # use_cudnn="auto" should prefer cuDNN on JAX.
+        families["LSTM own kernel"] = [
+            (
+                "keras_gates.LSTM(use_cudnn=False)",
+                lambda u: keras_gates.LSTM(u, use_cudnn=False),
+            ),
+            ("keras.layers.LSTM", lambda u: keras.layers.LSTM(u)),
+        ]
     rows, skipped = [], []
     for family, candidates in families.items():
         for batch in BATCHES[size]:
