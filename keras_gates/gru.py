@@ -276,7 +276,7 @@ class GRU(GatedRNN):
     # precision, recurrent dropout masks): above it the "unrolled" form
     # (TensorFlow's graph executor) or the large-batch form measured faster
     # (benchmarks/README.md, "How the layers' loop is built").
-    fused_max_batch = 4
+    fused_max_batch = 8
 
     def __init__(
         self,

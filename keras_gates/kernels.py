@@ -50,7 +50,10 @@ compute, so the step has as few ops as possible:
         s_t  = f_t * s_{t-1} + i_t * s~_t
         h_t  = o_t * tanh(s_t)
 
-and iterations run one at a time (nothing is left to overlap).
+and iterations run one at a time (nothing is left to overlap). The small
+forms' loops (this one and the GRU's block loop) run ``UNROLLED_STEPS`` steps
+per iteration in the graph executor (``UNROLLED_LOOP_FORMS``): at these
+batches the loop's own ops per iteration cost as much as a step's.
 
 ``"large"``: TensorFlow's graph executor, larger batches and training: the
 matmuls are the cost. x_t is projected inside the step again, where
@@ -172,15 +175,18 @@ BPTT_BATCH_MAX = 16
 # With `form="auto"`, TensorFlow's graph executor runs the "unrolled" form up
 # to this batch at inference, above the "block" and "small" forms'.
 UNROLLED_BATCH_MAX = 48
-# The "unrolled" form's steps per loop iteration.
+# The "unrolled" form's steps per loop iteration, also those of these forms'
+# loops in TensorFlow's graph executor (the GRU's "block" form is a loop of
+# one GRUBlockCell per step).
 UNROLLED_STEPS = 10
+UNROLLED_LOOP_FORMS = ("small", "block")
 GRU_FORMS = ("small", "large", "block", "unrolled")
 # With `form="auto"`, inference above the batch-size ladder takes this form:
 # the LSTM's plain step, the GRU's "large" (module docstring).
 ABOVE_LADDER = {"lstm": "compiled", "gru": "large"}
 # With `form="auto"`, TensorFlow's graph executor runs the GRU's "block" form
 # (where it applies, `gru_block_form_refusal`) up to this batch at inference.
-GRU_BLOCK_BATCH_MAX = 4
+GRU_BLOCK_BATCH_MAX = 8
 
 
 def accelerated_jax() -> bool:
@@ -404,7 +410,7 @@ def gru_sequence(
     recurrent_dropout_mask: Any = None,
     training: bool = False,
     form: str = "auto",
-    small_batch_max: int = 4,
+    small_batch_max: int = 8,
     block_batch_max: int | None = None,
 ) -> tuple[Any, Any, list]:
     """The lecture's GRU over a whole sequence (module docstring).
@@ -1206,7 +1212,12 @@ def _scan(step, init, inputs, mask, keep_sequence, form, training):
     tuple of states whose first element is the output. Returns
     ``(final carry, the first state at every step or None)``.
     """
-    unroll = UNROLLED_STEPS if form == "unrolled" else 1  # steps per iteration
+    # Steps per loop iteration: UNROLLED_STEPS in the "unrolled" form, and in
+    # TensorFlow's graph executor also in the small-batch forms, whose steps
+    # are a few small ops each beside the loop's own (module docstring).
+    unroll = 1
+    if form == "unrolled" or (form in UNROLLED_LOOP_FORMS and not compiled()):
+        unroll = UNROLLED_STEPS
     if keras.backend.backend() == "tensorflow":
         return _while_loop_tf(
             step, init, inputs, mask, keep_sequence, form, training, unroll
