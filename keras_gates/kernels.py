@@ -76,8 +76,8 @@ batch size as below, measured best.
 
 ``"unrolled"``: both kernels' in TensorFlow's graph executor, middle
 batches, inference, and under JAX on a GPU or TPU (``accelerated_jax``),
-inference, where every loop iteration costs a launch and a trip to the host
-for its condition. The LSTM's is the plain step (as ``"compiled"``), the
+inference and training, where every loop iteration costs a launch and a trip
+to the host for its condition. The LSTM's is the plain step (as ``"compiled"``), the
 GRU's the large form's step with z and o from one product;
 ``UNROLLED_STEPS`` steps per loop iteration and the last
 ``time % UNROLLED_STEPS`` steps one per iteration in a second loop: the
@@ -98,14 +98,14 @@ products are, TensorFlow's gradient overlaps the weights' products with the
 recurrence and wins (``bptt_form_refusal``: sigmoid gates, tanh, the forget
 gate, float32/64, no recurrent dropout).
 
-``form="auto"`` (what the layers pass) picks for training the LSTM's
+``form="auto"`` (what the layers pass) picks ``"unrolled"`` under JAX on an
+accelerator; elsewhere for training the LSTM's
 ``"bptt"`` up to ``BPTT_BATCH_MAX`` examples where it applies (with a
 dynamic batch both are traced and ``tf.cond`` picks one; under XLA, which
 cannot differentiate that cond, a dynamic batch takes ``"large"``), and
 ``"large"`` above it and for the GRU (also under XLA, where it measured as
 fast as the compiled form); for
-inference ``"unrolled"`` under JAX on an accelerator, else the LSTM's
-``"compiled"`` when the loop is being compiled
+inference the LSTM's ``"compiled"`` when the loop is being compiled
 (``compiled()``), else by batch size: ``"block"`` up to ``block_batch_max``
 (``BLOCK_BATCH_MAX``, ``GRU_BLOCK_BATCH_MAX``) examples where it applies,
 ``"small"`` up to ``small_batch_max`` (the layer's ``fused_max_batch``;
@@ -194,8 +194,10 @@ def accelerated_jax() -> bool:
 
     There each iteration of a compiled loop costs a kernel launch and a trip
     back to the host for its condition, more than a step's arithmetic at
-    these sizes, so inference takes the ``"unrolled"`` form, whose loop runs
-    ``UNROLLED_STEPS`` steps per iteration. (JAX on the CPU measured the
+    these sizes, so inference and training take the ``"unrolled"`` form,
+    whose loop runs ``UNROLLED_STEPS`` steps per iteration (measured on an
+    H200: 0.62 vs 2.66 ms for the LSTM's one-step loop at batch 1, a training
+    step 1.90 vs 3.89 ms; benchmarks/README.md). (JAX on the CPU measured the
     one-step loop as fast or faster: ``"compiled"``, the GRU's ladder.)
     The answer is JAX's default backend, where Keras's JAX backend places
     its computations.
@@ -623,13 +625,13 @@ def _dispatch(
                 f"`form` must be 'auto' or one of {forms}; received {form!r}."
             )
         return outputs_of(form)
+    if accelerated_jax():  # training too (module docstring)
+        return outputs_of("unrolled")
     if training:
         if not train_batch_max or (x.shape[1] is None and compiled()):
             # (XLA cannot take the gradient of a cond over these loops.)
             return outputs_of("large")
         ladder, above = [(train_batch_max["bptt"], "bptt")], "large"
-    elif accelerated_jax():
-        return outputs_of("unrolled")
     elif "compiled" in forms and compiled():
         return outputs_of("compiled")
     else:

@@ -750,8 +750,9 @@ def test_auto_takes_the_unrolled_form_under_jax_on_an_accelerator(
     variant, forms_ran, monkeypatch
 ):
     """Where JAX runs on a GPU or TPU (made to answer so here), inference
-    takes "unrolled" at any batch, masked or not, with the oracle's values;
-    training keeps its own forms."""
+    and training take "unrolled" at any batch, masked or not, with the
+    oracle's values (and, training, the gradients of the layer's other
+    forms: the weights' gradients against the one-step loop's)."""
     monkeypatch.setattr(kernels, "accelerated_jax", lambda: True)
     layer = make_layer(variant, 5, 4, return_sequences=True)
     for batch, masked in [
@@ -768,8 +769,23 @@ def test_auto_takes_the_unrolled_form_under_jax_on_an_accelerator(
         want = reference(variant, layer, x, mask=mask)[0]
         np.testing.assert_allclose(as_numpy(got), want, rtol=RTOL, atol=ATOL)
     forms_ran.clear()
-    layer(ops.convert_to_tensor(random((2, 12, 4), 7)), training=True)
+    x = ops.convert_to_tensor(random((2, 12, 4), 7))
+    layer(x, training=True)
+    assert forms_ran == ["unrolled"]
+    values = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+
+    def loss(*weights):
+        outputs = layer.stateless_call(list(weights), frozen, x, training=True)[0]
+        return ops.sum(outputs**2)
+
+    got = gradients(loss, values)
+    monkeypatch.setattr(kernels, "accelerated_jax", lambda: False)
+    forms_ran.clear()
+    want = gradients(loss, values)
     assert forms_ran and "unrolled" not in forms_ran
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
 
 
 def test_accelerated_jax_answers_for_jax_alone():
