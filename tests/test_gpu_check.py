@@ -79,7 +79,8 @@ def test_without_tensorflow_the_jax_column_runs_with_its_own_proofs():
     assert "  tensorflow: not installed" in lines
     assert any("the cuDNN proofs are not run" in line for line in lines)
     proofs = [line for line in lines if "vs Keras's own" in line]
-    assert len(proofs) == 2 * len(PROOF_CASES)  # (LSTM, GRU) x the cases
+    # (LSTM, LSTM on its own kernel, GRU) x the cases
+    assert len(proofs) == 3 * len(PROOF_CASES)
     assert "  jax proofs passed" in lines
 
 
