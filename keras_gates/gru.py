@@ -271,11 +271,12 @@ class GRU(GatedRNN):
     (2, 7, 16)
     """
 
-    # Inference up to this batch takes the fast path's small-batch form where
+    # Inference up to this batch takes the kernel's small-batch form where
     # the "block" form (kernels.GRU_BLOCK_BATCH_MAX) does not apply (mixed
-    # precision, recurrent dropout masks): above it the "unrolled" form
-    # (TensorFlow's graph executor) or the large-batch form measured faster
-    # (benchmarks/README.md, "How the layers' loop is built").
+    # precision, other activations; under XLA and JAX, which have no block
+    # form, always): above it the "unrolled" form (TensorFlow's graph
+    # executor) or the large-batch form (XLA: batch 16 0.66 vs 0.73, 32 0.65
+    # vs 0.75 of Keras) measured faster (benchmarks/README.md).
     fused_max_batch = 8
 
     def __init__(

@@ -65,8 +65,8 @@ side. (The GRU: o_t alone feeds the candidate, so it gets its own, half as
 wide, product.)
 
 ``"compiled"`` (the LSTM's): XLA (TensorFlow ``jit_compile=True``, and JAX,
-which always compiles). XLA has no per-op launch cost and runs a loop body's
-ops one after another, so what wins in the graph executor (the hoisted input
+which always compiles). XLA on a CPU has no per-op launch cost and runs a
+loop body's ops one after another, so what wins in the graph executor (the hoisted input
 projection, the one-sigmoid trick, the split products) measured slower here.
 The compiled LSTM is the plain step (the cell's own arithmetic): per step
 one product of x_t and one of the state with all gate blocks, one activation
@@ -83,9 +83,10 @@ GRU's the large form's step with z and o from one product;
 ``time % UNROLLED_STEPS`` steps one per iteration in a second loop: the
 loop's own ops (its counter, the TensorArray reads and writes' bookkeeping,
 the frame's control nodes) run once per several steps.
-Under XLA, which has no such per-iteration cost and cannot differentiate a
-loop that may run no iteration, it runs one step per iteration unless the
-length is known when tracing; under JAX it is ``scan``'s ``unroll``.
+Under TensorFlow's XLA (on a CPU no such per-iteration cost was measured,
+and it cannot differentiate a loop that may run no iteration) it runs one
+step per iteration unless the length is known when tracing; under JAX it is
+``scan``'s ``unroll``.
 
 ``"bptt"`` (the LSTM's): training at small batches. The plain step's
 forward loop, keeping every step's gates, with its backward pass written out
@@ -162,7 +163,15 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["GRU_FORMS", "LSTM_FORMS", "compiled", "gru_sequence", "lstm_sequence"]
+__all__ = [
+    "GRU_FORMS",
+    "LSTM_FORMS",
+    "accelerated_jax",
+    "compiled",
+    "graph_executor",
+    "gru_sequence",
+    "lstm_sequence",
+]
 
 # The forms each kernel has (module docstring); `form="auto"` picks one.
 LSTM_FORMS = ("small", "large", "compiled", "block", "bptt", "unrolled")
@@ -204,9 +213,19 @@ def accelerated_jax() -> bool:
     """
     if keras.backend.backend() != "jax":
         return False
-    import jax  # (the JAX backend is running: JAX is imported already)
-
+    try:  # (the JAX backend is running: JAX is imported already)
+        import jax
+    except ImportError:  # pragma: no cover - Keras's JAX backend needs it
+        return False
     return jax.default_backend() != "cpu"
+
+
+def graph_executor() -> bool:
+    """Whether TensorFlow runs the loop op by op (its graph executor, or
+    eager), not compiled by XLA: where the GRU's ``"unrolled"`` form joins
+    the batch-size ladder and the small forms' loops run ``UNROLLED_STEPS``
+    steps per iteration (both measured there only)."""
+    return keras.backend.backend() == "tensorflow" and not compiled()
 
 
 def compiled() -> bool:
@@ -495,7 +514,7 @@ def gru_sequence(
         batch_max["block"] = (
             GRU_BLOCK_BATCH_MAX if block_batch_max is None else block_batch_max
         )
-    if not compiled():  # TensorFlow's graph executor
+    if graph_executor():
         batch_max["unrolled"] = UNROLLED_BATCH_MAX
     above = ABOVE_LADDER["gru"]
     return _dispatch(run, x, mask, form, GRU_FORMS, training, batch_max, outputs, above)
@@ -608,9 +627,11 @@ def _dispatch(
     ``run(form) -> (final states, the first state at every step or None)``;
     ``x`` and ``mask`` are time-major; ``forms`` the kernel's forms;
     ``batch_max`` maps the inference forms chosen by batch size (``"block"``
-    where it applies, ``"small"``) to the largest batch each takes; above
-    them the form ``above``. ``train_batch_max``: the same for training
-    (the LSTM's ``"bptt"`` where it applies), above it ``"large"``.
+    where it applies, ``"small"``, ``"unrolled"`` where listed) to the
+    largest batch each takes; above them the form ``above``. Under JAX on an
+    accelerator (``accelerated_jax``) every call takes ``"unrolled"``.
+    ``train_batch_max``: the same for training (the LSTM's ``"bptt"`` where
+    it applies), above it ``"large"``.
     ``outputs`` is ``(return_sequences, zero_output_for_mask)``.
     """
 
@@ -1218,7 +1239,7 @@ def _scan(step, init, inputs, mask, keep_sequence, form, training):
     # TensorFlow's graph executor also in the small-batch forms, whose steps
     # are a few small ops each beside the loop's own (module docstring).
     unroll = 1
-    if form == "unrolled" or (form in UNROLLED_LOOP_FORMS and not compiled()):
+    if form == "unrolled" or (form in UNROLLED_LOOP_FORMS and graph_executor()):
         unroll = UNROLLED_STEPS
     if keras.backend.backend() == "tensorflow":
         return _while_loop_tf(
@@ -1233,12 +1254,13 @@ def _while_loop_tf(step, init, inputs, mask, keep_sequence, form, training, unro
     through a TensorArray at every step and its gradient does not compile
     under XLA.)
 
-    Iterations overlap (``parallel_iterations``) except in the small form,
-    where everything off the recurrence is already out of the loop and one at
-    a time measured faster. The trip count is ``maximum_iterations`` alone
-    (XLA needs it to differentiate the loop; a condition on top would add ops
-    to every step). With ``unroll`` > 1, each iteration runs that many steps
-    and a second loop the last ``length % unroll``, one each.
+    Iterations overlap (``parallel_iterations``) except in the small and
+    block forms, where everything off the recurrence is already out of the
+    loop (or in one op) and one at a time measured faster. The trip count is
+    ``maximum_iterations`` alone (XLA needs it to differentiate the loop; a
+    condition on top would add ops to every step). With ``unroll`` > 1, each
+    iteration runs that many steps and a second loop the last
+    ``length % unroll``, one each.
     """
     import tensorflow as tf
 

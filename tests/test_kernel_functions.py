@@ -788,7 +788,7 @@ def test_auto_takes_the_unrolled_form_under_jax_on_an_accelerator(
         np.testing.assert_allclose(as_numpy(g), as_numpy(w), rtol=RTOL, atol=GRAD_ATOL)
 
 
-def test_accelerated_jax_answers_for_jax_alone():
+def test_accelerated_jax_answers_for_jax_alone(monkeypatch):
     """False on every backend but JAX; under JAX, whether JAX's default
     backend (where Keras places the loop) is an accelerator."""
     if BACKEND != "jax":
@@ -796,7 +796,74 @@ def test_accelerated_jax_answers_for_jax_alone():
         return
     import jax
 
-    assert kernels.accelerated_jax() is (jax.default_backend() != "cpu")
+    for platform, accelerated in [("cpu", False), ("gpu", True), ("tpu", True)]:
+        monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
+        assert kernels.accelerated_jax() is accelerated, platform
+
+
+@pytest.mark.jax_parity
+@pytest.mark.parametrize("form", ["unrolled", *kernels.UNROLLED_LOOP_FORMS])
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_unrolled_loops_without_a_stacked_sequence(variant, form):
+    """The loops that run several steps per iteration, also where they keep
+    no sequence (no mask, the last output only): at lengths with whole
+    iterations and a remainder, the last output and final states equal the
+    oracle's; with a dynamic batch and length too (TensorFlow)."""
+    if form == "block" and BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's op")
+    function = kernels.gru_sequence if variant == "gru" else kernels.lstm_sequence
+    layer = make_layer(variant, 5, 4)
+    weights = [ops.convert_to_tensor(w) for w in layer.cell.get_weights()]
+    n_states = 1 if variant == "gru" else 2
+
+    def run(x, *states):
+        last, _, final = function(x, *states, None, *weights, form=form)
+        return last, final[-1]
+
+    for time in (STEPS, 2 * STEPS + 3):
+        x = random((3, time, 4), time)
+        states = [random((3, 5), 60 + k) for k in range(n_states)]
+        want = reference(variant, layer, x, initial_state=states)
+        runs = [run(ops.convert_to_tensor(x), *map(ops.convert_to_tensor, states))]
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            spec = [tf.TensorSpec((None, None, 4), tf.float32)] + [
+                tf.TensorSpec((None, 5), tf.float32)
+            ] * n_states
+            traced = tf.function(run, input_signature=spec)
+            runs.append(traced(tf.constant(x), *map(tf.constant, states)))
+        for last, s_last in runs:
+            np.testing.assert_allclose(as_numpy(last), want[1], rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(
+                as_numpy(s_last), want[2][-1], rtol=RTOL, atol=ATOL
+            )
+
+
+def test_graph_executor_is_tensorflow_without_xla():
+    """Where the small loops unroll and the GRU's ladder takes "unrolled":
+    TensorFlow eager and graph, not under jit_compile, never another
+    backend."""
+    if BACKEND != "tensorflow":
+        assert kernels.graph_executor() is False
+        return
+    import tensorflow as tf
+
+    assert kernels.graph_executor() is True
+    answers = {}
+
+    @tf.function
+    def graph():
+        answers["graph"] = kernels.graph_executor()
+        return tf.constant(0)
+
+    @tf.function(jit_compile=True)
+    def xla():
+        answers["xla"] = kernels.graph_executor()
+        return tf.constant(0)
+
+    graph(), xla()
+    assert answers == {"graph": True, "xla": False}
 
 
 @needs_tf
