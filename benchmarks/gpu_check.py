@@ -130,8 +130,11 @@ def _copy_weights(source, *targets) -> None:
             b.assign(a)
 
 
-def _case_layers(case: str, units: int, features: int):
-    """(ours on cuDNN, ours on its own kernel, keras.layers.LSTM on cuDNN)."""
+def _case_layers(case: str, units: int, features: int, makers=None):
+    """The case's layers, built, the first one's random weights copied into
+    the others. ``makers``: callables ``(units, **options) -> layer``; by
+    default (ours on cuDNN, ours on its own kernel, keras.layers.LSTM on
+    cuDNN)."""
     import keras
 
     import keras_gates
@@ -141,13 +144,15 @@ def _case_layers(case: str, units: int, features: int):
         options["go_backwards"] = True
     if case == "return_state":
         options = {"return_state": True}
+    if makers is None:
+        makers = (
+            keras_gates.LSTM,
+            lambda u, **o: keras_gates.LSTM(u, use_cudnn=False, **o),
+            keras.layers.LSTM,
+        )
     layers = []
-    for make in (
-        lambda: keras_gates.LSTM(units, **options),
-        lambda: keras_gates.LSTM(units, use_cudnn=False, **options),
-        lambda: keras.layers.LSTM(units, **options),
-    ):
-        layer = make()
+    for make in makers:
+        layer = make(units, **options)
         if case == "bidirectional":
             layer = keras.layers.Bidirectional(layer)
         layer.build((None, None, features))
@@ -451,6 +456,14 @@ def _form_fn(function, form, jit, x, states, kernel, recurrent, bias):
     return lambda: compiled_run(x).numpy()
 
 
+def _kernels(kernels) -> tuple:
+    """(name, sequence function, its forms, its gate blocks) per kernel."""
+    return (
+        ("LSTM", kernels.lstm_sequence, kernels.LSTM_FORMS, 4),
+        ("GRU", kernels.gru_sequence, kernels.GRU_FORMS, 3),
+    )
+
+
 def forms_matrix(size: str, repeats: int, deadline: float) -> tuple[list, list]:
     """Each form of each kernel at inference, TF graph and XLA: ms."""
     import keras
@@ -462,10 +475,7 @@ def forms_matrix(size: str, repeats: int, deadline: float) -> tuple[list, list]:
     steps, features, units = SHAPES[size]
     rows, skipped = [], []
     rng = np.random.default_rng(0)
-    for name, function, forms, blocks in (
-        ("LSTM", kernels.lstm_sequence, kernels.LSTM_FORMS, 4),
-        ("GRU", kernels.gru_sequence, kernels.GRU_FORMS, 3),
-    ):
+    for name, function, forms, blocks in _kernels(kernels):
         kernel = tf.constant(
             rng.uniform(-0.1, 0.1, (features, blocks * units)), "float32"
         )
@@ -671,27 +681,10 @@ def backend_proofs(size: str) -> dict:
 
 
 def _prove_pairs(pairs, steps, features, units, rows) -> None:
-    import keras
-
     for family, makers in pairs.items():
         for case in PROOF_CASES:
             x, mask, shown = _case_inputs(case, 8, steps, features)
-            options = {"return_sequences": True}
-            if case == "go_backwards":
-                options["go_backwards"] = True
-            if case == "return_state":
-                options = {"return_state": True}
-            layers = []
-            for make in makers:
-                layer = make(units, **options)
-                if case == "bidirectional":
-                    layer = keras.layers.Bidirectional(layer)
-                layer.build((None, None, features))
-                layers.append(layer)
-            keras.utils.set_random_seed(1)
-            for variable in layers[0].weights:
-                variable.assign(keras.random.uniform(variable.shape, -0.5, 0.5))
-            _copy_weights(layers[0], layers[1])
+            layers = _case_layers(case, units, features, makers)
             ours, theirs = (
                 _jax_forward_and_gradients(layer, x, mask, shown) for layer in layers
             )
@@ -746,10 +739,7 @@ def backend_forms(size: str, repeats: int, deadline: float) -> tuple[list, list]
     steps, features, units = SHAPES[size]
     rows, skipped = [], []
     rng = np.random.default_rng(0)
-    for name, function, forms, blocks in (
-        ("LSTM", kernels.lstm_sequence, kernels.LSTM_FORMS, 4),
-        ("GRU", kernels.gru_sequence, kernels.GRU_FORMS, 3),
-    ):
+    for name, function, forms, blocks in _kernels(kernels):
         kernel = rng.uniform(-0.1, 0.1, (features, blocks * units)).astype("float32")
         recurrent = rng.uniform(-0.1, 0.1, (units, blocks * units)).astype("float32")
         bias = np.zeros((blocks * units,), "float32")
@@ -840,12 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     if not tf.config.list_physical_devices("GPU") and not args.allow_cpu:
         _say("gpu_check: no GPU visible to TensorFlow here; nothing to check (exit 0).")
         return 0
-    size = args.size or ("tiny" if args.allow_cpu else "full")
-    started = time.monotonic()
-    report = {"versions": versions(), "size": size, "shape": SHAPES[size]}
-    _say("1. where it runs")
-    for key, value in report["versions"].items():
-        _say(f"  {key}: {value}")
+    size, started, report = _start(args)
     _say(
         "2. proofs (TF32 off; pass: every difference <= 1e-5, for gradients "
         "times their largest magnitude)"
@@ -882,6 +867,17 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(report, started, args, passed)
 
 
+def _start(args) -> tuple[str, float, dict]:
+    """The run's size, its start, and its report with section 1 printed."""
+    size = args.size or ("tiny" if args.allow_cpu else "full")
+    started = time.monotonic()
+    report = {"versions": versions(), "size": size, "shape": SHAPES[size]}
+    _say("1. where it runs")
+    for key, value in report["versions"].items():
+        _say(f"  {key}: {value}")
+    return size, started, report
+
+
 def argv_of(argv: list[str] | None) -> list[str]:
     return list(sys.argv[1:] if argv is None else argv)
 
@@ -913,12 +909,7 @@ def _without_tensorflow(args) -> int:
             "nothing to check (exit 0)."
         )
         return 0
-    size = args.size or ("tiny" if args.allow_cpu else "full")
-    started = time.monotonic()
-    report = {"versions": versions(), "size": size, "shape": SHAPES[size]}
-    _say("1. where it runs")
-    for key, value in report["versions"].items():
-        _say(f"  {key}: {value}")
+    size, started, report = _start(args)
     _say("2. proofs: TensorFlow is not installed here: the cuDNN proofs are not run")
     _say(
         f"3. JAX alone: its proofs (matmul precision highest; pass: <= {TOLERANCE}, "
