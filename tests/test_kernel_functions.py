@@ -657,11 +657,20 @@ def _sequence(variant, x, states, mask, weights, form):
     return outputs, final[-1]
 
 
+# The small forms' loops share the unrolled form's loop code: below
+# UNROLLED_STEPS (the second loop alone) the unrolled form's cases stand for
+# them.
+UNROLLED_CASES = [("unrolled", t) for t in (1, STEPS - 1)] + [
+    (form, t)
+    for form in ("unrolled", *kernels.UNROLLED_LOOP_FORMS)
+    for t in (STEPS, STEPS + 1, 2 * STEPS + 3)
+]
+
+
 @pytest.mark.jax_parity
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "dynamic_shape"])
-@pytest.mark.parametrize("time", [1, STEPS - 1, STEPS, STEPS + 1, 2 * STEPS + 3])
 @pytest.mark.parametrize("variant", ["lstm", "gru"])
-@pytest.mark.parametrize("form", ["unrolled", *kernels.UNROLLED_LOOP_FORMS])
+@pytest.mark.parametrize("form,time", UNROLLED_CASES)
 def test_unrolled_form_at_lengths_around_its_steps(form, variant, time, graph):
     """The "unrolled" form (and in TensorFlow's graph executor the small
     forms' loops, UNROLLED_LOOP_FORMS) runs UNROLLED_STEPS steps per loop
@@ -673,8 +682,10 @@ def test_unrolled_form_at_lengths_around_its_steps(form, variant, time, graph):
     are computed at run time)."""
     if graph and BACKEND != "tensorflow":
         pytest.skip("a TensorFlow graph with unknown dimensions")
-    if form == "block" and (variant == "lstm" or BACKEND != "tensorflow"):
-        pytest.skip("the LSTM's block form takes no mask; TensorFlow's op")
+    if form != "unrolled" and BACKEND != "tensorflow":
+        pytest.skip("the small forms' loops unroll in TensorFlow only")
+    if form == "block" and variant == "lstm":
+        pytest.skip("the LSTM's block form takes no mask")
     layer = make_layer(variant, 5, 4)
     weights = [np.asarray(w) for w in layer.cell.get_weights()]
     x = random((3, time, 4), time)
@@ -809,8 +820,8 @@ def test_unrolled_loops_without_a_stacked_sequence(variant, form):
     no sequence (no mask, the last output only): at lengths with whole
     iterations and a remainder, the last output and final states equal the
     oracle's; with a dynamic batch and length too (TensorFlow)."""
-    if form == "block" and BACKEND != "tensorflow":
-        pytest.skip("TensorFlow's op")
+    if form != "unrolled" and BACKEND != "tensorflow":
+        pytest.skip("the small forms' loops unroll in TensorFlow only")
     function = kernels.gru_sequence if variant == "gru" else kernels.lstm_sequence
     layer = make_layer(variant, 5, 4)
     weights = [ops.convert_to_tensor(w) for w in layer.cell.get_weights()]
