@@ -188,6 +188,13 @@ def _within_tolerance(row: dict) -> bool:
     )
 
 
+def _largest_of(first, second) -> float:
+    """The largest difference between two lists of arrays, pairwise."""
+    return max(
+        (_largest(a, b) for a, b in zip(first, second, strict=True)), default=0.0
+    )
+
+
 def _largest(a, b) -> float:
     import numpy as np
 
@@ -200,17 +207,10 @@ def prove(case: str, batch: int, steps: int, features: int, units: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(batch, steps, features)).astype("float32"))
-    mask = shown = None
-    if case in ("right_padded", "go_backwards", "bidirectional"):
-        lengths = rng.integers(1, steps + 1, size=batch)
-        lengths[0] = steps
-        mask = tf.constant(np.arange(steps)[None, :] < lengths[:, None])
-        # The steps whose outputs both layers define alike: Keras's cuDNN LSTM
-        # writes zeros after each example's end, where the layers repeat h_T
-        # (go_backwards returns them in reading order: the mask reversed).
-        shown = tf.reverse(mask, [1]) if case == "go_backwards" else mask
+    x, mask, shown = _case_inputs(case, batch, steps, features)
+    x = tf.constant(x)
+    if mask is not None:
+        mask, shown = tf.constant(mask), tf.constant(shown.copy())
     layers = _case_layers(case, units, features)
 
     def run(layer):
@@ -231,21 +231,15 @@ def prove(case: str, batch: int, steps: int, features: int, units: int) -> dict:
         return [o.numpy() for o in outs], [g.numpy() for g in grads], ops
 
     ours, own, builtin = (run(layer) for layer in layers)
-
-    def largest(first, second):
-        return max(
-            (_largest(a, b) for a, b in zip(first, second, strict=True)), default=0.0
-        )
-
     return {
         "case": case,
         "cudnn_ran": "CudnnRNNV3" in ours[2],
         "keras_cudnn_ran": "CudnnRNNV3" in builtin[2],
         "own_kernel_free_of_cudnn": "CudnnRNNV3" not in own[2],
-        "outputs_vs_own": largest(ours[0], own[0]),
-        "gradients_vs_own": largest(ours[1], own[1]),
-        "outputs_vs_keras": largest(ours[0], builtin[0]),
-        "gradients_vs_keras": largest(ours[1], builtin[1]),
+        "outputs_vs_own": _largest_of(ours[0], own[0]),
+        "gradients_vs_own": _largest_of(ours[1], own[1]),
+        "outputs_vs_keras": _largest_of(ours[0], builtin[0]),
+        "gradients_vs_keras": _largest_of(ours[1], builtin[1]),
         "largest_gradient": max(float(np.abs(g).max()) for g in builtin[1]),
     }
 
@@ -612,7 +606,10 @@ def _child_rows(backend: str, size: str, repeats: int, budget: float) -> dict:
 
 
 def _case_inputs(case: str, batch: int, steps: int, features: int):
-    """x, the mask (or None) and the steps both layers define alike."""
+    """x, the mask (or None) and the steps whose outputs both layers define
+    alike (or None): Keras's cuDNN LSTM writes zeros after each example's
+    end, where the layers repeat h_T (go_backwards returns them in reading
+    order: the mask reversed). NumPy arrays."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -688,13 +685,12 @@ def _prove_pairs(pairs, steps, features, units, rows) -> None:
             ours, theirs = (
                 _jax_forward_and_gradients(layer, x, mask, shown) for layer in layers
             )
-            pair = [zip(ours[k], theirs[k], strict=True) for k in (0, 1)]
             rows.append(
                 {
                     "family": family,
                     "case": case,
-                    "outputs_vs_keras": max(_largest(a, b) for a, b in pair[0]),
-                    "gradients_vs_keras": max(_largest(a, b) for a, b in pair[1]),
+                    "outputs_vs_keras": _largest_of(ours[0], theirs[0]),
+                    "gradients_vs_keras": _largest_of(ours[1], theirs[1]),
                     "largest_gradient": max(float(abs(g).max()) for g in theirs[1]),
                 }
             )
